@@ -1,0 +1,40 @@
+# Two set-up commands: `make test` and `make demo`. Each creates .venv and installs the project (CPU torch) on
+# first use, and is a no-op install afterwards (the stamp tracks pyproject.toml).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export YOLO_OFFLINE := 1
+export YOLO_VERBOSE := False
+export YOLO_AUTOINSTALL := False
+export YOLO_CONFIG_DIR := $(CURDIR)/.ultralytics
+
+.PHONY: install test test-slow lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --progress-bar off torch==2.13.0
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+demo: $(STAMP)
+	$(BIN)/spquant info data/samples/street_td.dat
+	$(BIN)/spquant info data/samples/street_bbox.npy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/events.py
+
+clean:
+	rm -rf $(VENV) .ultralytics

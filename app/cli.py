@@ -1,0 +1,40 @@
+"""The ``spquant`` command line: one subcommand per module in :mod:`app.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+from data.errors import EventDataError
+
+# Each module defines `add_parser(subparsers)` (which sets `func` on its parser) and is listed here once.
+COMMAND_MODULES = ("info",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="spquant", description="Event-camera object detection with quantized, pruned spiking networks."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        import_module(f"app.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (2 for bad input, never a traceback for user errors)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (EventDataError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"spquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
