@@ -29,9 +29,9 @@ def make_events(t: npt.ArrayLike, x: npt.ArrayLike, y: npt.ArrayLike, p: npt.Arr
         raise EventValidationError(f"t, x, y, p must be 1-D and equally long, got shapes {[c.shape for c in columns]}")
     out = empty_events(len(columns[0]))
     for name, column in zip("txyp", columns, strict=True):
-        if column.size and not np.issubdtype(column.dtype, np.integer) and not np.issubdtype(column.dtype, np.bool_):
-            if not np.all(np.isfinite(column)) or not np.all(column == np.round(column)):
-                raise EventValidationError(f"column {name!r} must hold integers, got non-integer values")
+        is_integral = np.issubdtype(column.dtype, np.integer) or np.issubdtype(column.dtype, np.bool_)
+        if column.size and not is_integral and not (np.all(np.isfinite(column)) and np.all(column == np.round(column))):
+            raise EventValidationError(f"column {name!r} must hold integers, got non-integer values")
         bounds = _FIELD_BOUNDS[name]
         if column.size and (column.min() < bounds[0] or column.max() > bounds[1]):
             raise EventValidationError(
