@@ -67,13 +67,15 @@ class Evt2Decoder:
         """Bytes of an incomplete trailing word held back for the next chunk."""
         return len(self._pending)
 
-    def decode(self, chunk: bytes | bytearray | memoryview) -> np.ndarray:
+    def decode(self, chunk: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
         """Decode the next chunk of the byte stream into events."""
-        data = self._pending + bytes(chunk)
+        if self._pending:
+            chunk = self._pending + bytes(chunk)
+        data = np.frombuffer(chunk, dtype=np.uint8)  # a view: no copy of the caller's buffer
         usable = len(data) - len(data) % WORD_BYTES
-        self._pending = data[usable:]
-        words = np.frombuffer(data, dtype="<u4", count=usable // WORD_BYTES)
-        out = np.zeros(len(words), dtype=EVENT_DTYPE)
+        self._pending = data[usable:].tobytes()
+        words = data[:usable].view("<u4")
+        out = np.empty(len(words), dtype=EVENT_DTYPE)
         n = _decode_kernel(words, self._state, out.view(np.uint64).reshape(-1, 2)) if len(words) else 0
         return out[:n]
 

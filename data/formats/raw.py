@@ -17,6 +17,7 @@ from data.formats.header import Header, read_header
 
 DECODERS: dict[str, type[Evt2Decoder] | type[Evt3Decoder]] = {"evt2": Evt2Decoder, "evt3": Evt3Decoder}
 _ENCODERS = {"evt2": encode_evt2, "evt3": encode_evt3}
+_WHOLE_FILE_BYTES = 1 << 30  # read() decodes files up to this size in one pass
 # Sensor geometry implied by the HAL plugin when the header has no geometry (most specific name first).
 _PLUGIN_GEOMETRY = (
     ("gen41", (1280, 720)),
@@ -90,7 +91,7 @@ class RawRecording:
         self.height = height or (geometry[1] if geometry else None)
 
     def iter_chunks(
-        self, t0: int | None = None, t1: int | None = None, chunk_bytes: int = 1 << 22
+        self, t0: int | None = None, t1: int | None = None, chunk_bytes: int = 1 << 24
     ) -> Iterator[np.ndarray]:
         """Yield the events with ``t0 <= t < t1``, decoded chunk by chunk from the start of the file.
 
@@ -112,6 +113,11 @@ class RawRecording:
 
     def read(self, t0: int | None = None, t1: int | None = None) -> np.ndarray:
         """Events with ``t0 <= t < t1`` (either bound may be None for open)."""
+        if t1 is None and 0 < self.path.stat().st_size - self.data_offset <= _WHOLE_FILE_BYTES:
+            # One pass over a memory map: no chunk copies and a single output allocation.
+            payload = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.data_offset)
+            events = DECODERS[self.format]().decode(payload)
+            return events if t0 is None else events[int(np.searchsorted(events["t"], t0, "left")) :]
         parts = list(self.iter_chunks(t0, t1))
         return concat_events(parts) if parts else empty_events()
 
