@@ -13,8 +13,8 @@ export YOLO_CONFIG_DIR := $(CURDIR)/.ultralytics
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off torch==2.13.0
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/python -m pip install -qq --progress-bar off torch==2.13.0
+	$(BIN)/python -m pip install -qq --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,7 +10,7 @@ from importlib import import_module
 from data.errors import EventDataError
 
 # Each module defines `add_parser(subparsers)` (which sets `func` on its parser) and is listed here once.
-COMMAND_MODULES = ("info",)
+COMMAND_MODULES = ("info", "score")
 
 
 def build_parser() -> argparse.ArgumentParser:
