@@ -15,31 +15,15 @@ toolbox's literal rule.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from data.box_filter import GEN1_FILTER, BoxFilter
 from data.formats.labels import BBOX_DTYPE, GEN1_CLASSES
 
 _METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-@dataclass(frozen=True)
-class BoxFilter:
-    """The Prophesee box filter (Gen1 values: skip the first 0.5 s, min diagonal 30 px, min side 10 px)."""
-
-    skip_us: int = 500_000
-    min_diag: float = 30.0
-    min_side: float = 10.0
-
-    def __call__(self, boxes: np.ndarray) -> np.ndarray:
-        """The boxes that pass (``t > skip_us`` strictly; diagonal and side tests inclusive)."""
-        w, h = boxes["w"].astype(np.float64), boxes["h"].astype(np.float64)
-        keep = (boxes["t"] > self.skip_us) & (w**2 + h**2 >= self.min_diag**2) & (w >= self.min_side)
-        return boxes[keep & (h >= self.min_side)]
-
-
-GEN1_FILTER = BoxFilter()
 
 
 def match_times(
@@ -55,8 +39,8 @@ def match_times(
         near = dt[d_lo:d_hi]
         if nearest_only and len(near):
             gap = np.abs(near["t"] - ts)
-            # ties between an earlier and a later timestamp go to the earlier one (the window that ended first)
-            best = near["t"][gap == gap.min()].min()
+            # ties go to the later timestamp, as data.windows.label_window_index assigns a label to a window
+            best = near["t"][gap == gap.min()].max()
             near = near[near["t"] == best]
         images.append((int(ts), gt[lo:hi], near))
     return images

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.prophesee import GEN1_FILTER, BoxFilter, evaluate_detections, match_times
+from app.prophesee import evaluate_detections, match_times
+from data.box_filter import GEN1_FILTER, BoxFilter
 from data.formats.labels import LEGACY_BBOX_DTYPE, make_boxes, write_labels
 
 

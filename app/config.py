@@ -1,0 +1,97 @@
+"""Training configuration: the commented defaults in ``app/cfg/default.yaml``, a YAML file and ``key=value`` overrides.
+
+Unknown keys are rejected and every value is checked against the type of its default, so a typo never silently
+trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "cfg" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+def load_defaults() -> dict[str, Any]:
+    """The defaults as a plain dict."""
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if value is None or default is None:
+        return value
+    if isinstance(value, str) and isinstance(default, int | float) and not isinstance(default, bool):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if isinstance(default, int) and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, str) and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key} must be a {type(default).__name__}, got {value!r}")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["epochs=3", "data=/x"]`` → ``{"epochs": 3, "data": "/x"}`` (values parsed as YAML scalars)."""
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def build_config(
+    path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+    config = load_defaults()
+    layers = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of key: value")
+        layers.append(loaded)
+    layers.append(dict(overrides or {}))
+    for layer in layers:
+        unknown = sorted(set(layer) - set(config))
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (see {DEFAULT_CONFIG.name})")
+        for key, value in layer.items():
+            config[key] = _coerce(key, value, load_defaults()[key])
+    _validate(config)
+    return config
+
+
+def _validate(config: Mapping[str, Any]) -> None:
+    if config["variant"] not in ("spquant", "baseline"):
+        raise ConfigError(f"variant must be spquant or baseline, got {config['variant']!r}")
+    positive = ("window_us", "bins", "cutoff", "input_width", "input_height", "epochs", "batch", "seq_len", "max_det")
+    for key in positive:
+        if config[key] <= 0:
+            raise ConfigError(f"{key} must be positive, got {config[key]}")
+    if config["lr"] <= 0:
+        raise ConfigError(f"lr must be positive, got {config['lr']}")
+    if not 0 <= config["ema_decay"] < 1:
+        raise ConfigError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")

@@ -1,0 +1,289 @@
+"""Training engine: streams of consecutive windows, truncated BPTT, AdamW + cosine, EMA, per-epoch validation.
+
+A run folder holds ``config.yaml``, ``metrics.csv``, ``loss.png``/``ap.png`` and ``weights/{last,best}.pt``. ``last.pt``
+is rewritten atomically after every epoch with everything needed to resume (model, EMA, optimizer, scheduler,
+epoch), so a killed run loses at most the epoch in progress. ``best.pt`` holds only the EMA detector and its config.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from app.evaluator import evaluate_split
+from data.augment import Augmentation
+from data.box_filter import BoxFilter
+from data.gen1 import list_recordings
+from data.representation import StackedHistogram
+from data.sequences import SequenceStreams
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.detector import DetectorConfig, build_detector
+from models.loss import DetectionLoss, select_images
+from models.state import detach_state, reset_state
+from models.ultralytics_parts import ModelEMA
+
+METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds")
+
+
+def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
+    """The architecture part of a training config."""
+    return DetectorConfig(
+        variant=config["variant"],
+        scale=config["scale"],
+        bins=config["bins"],
+        window_us=config["window_us"],
+        cutoff=config["cutoff"],
+        input_width=config["input_width"],
+        input_height=config["input_height"],
+        weight_bits=config["weight_bits"],
+        membrane_lb=float(config["membrane_lb"]),
+        leak=float(config["leak"]),
+    )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Train a detector from a validated config dict (see ``app/cfg/default.yaml``)."""
+
+    def __init__(self, config: dict[str, Any], progress: bool = True) -> None:
+        resume = config.get("resume")
+        self.resumed: dict[str, Any] | None = None
+        if resume:
+            self.resumed = read_checkpoint(resume)
+            if "train_state" not in self.resumed:
+                raise ValueError(f"{resume} holds no training state (use a run's weights/last.pt)")
+            config = {**self.resumed["train_config"], "resume": str(resume)}
+        if not config.get("data"):
+            raise ValueError("no training data: pass data=ROOT (a Gen1-layout folder, e.g. from `spquant synth`)")
+        self.config = config
+        self.progress = progress
+        if config["threads"] > 0:
+            torch.set_num_threads(config["threads"])
+        torch.manual_seed(config["seed"])
+        self.device = _device(config["device"])
+        self.detector_config = detector_config_from(config)
+        self.model = build_detector(self.detector_config).to(self.device)
+        self.loss = DetectionLoss(self.model, config["box_gain"], config["cls_gain"], config["dfl_gain"])
+        histogram = StackedHistogram(
+            bins=config["bins"],
+            window_us=config["window_us"],
+            height=config["input_height"],
+            width=config["input_width"],
+            cutoff=config["cutoff"],
+        )
+        augmentation = Augmentation(config["flip_prob"], config["zoom_prob"], config["max_zoom"])
+        self.streams = SequenceStreams(
+            list_recordings(config["data"], config["train_split"]),
+            histogram,
+            config["batch"],
+            config["seq_len"],
+            augmentation,
+            BoxFilter(skip_us=-1),  # train on the boxes the protocol scores, from the first window on
+            config["seed"],
+        )
+        self.steps_per_epoch = len(self.streams)
+        total = max(1, config["epochs"] * self.steps_per_epoch)
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (decay if param.dim() > 1 and "threshold" not in name else no_decay).append(param)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config["lr"],
+        )
+        warmup, floor = config["warmup_steps"], config["final_lr_ratio"]
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress_))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        self.ema = (
+            ModelEMA(self.model, decay=config["ema_decay"], tau=max(10, total // 20)) if config["ema_decay"] else None
+        )
+        self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
+        if self.resumed:
+            self._restore(self.resumed)
+        self.run_dir = Path(self.resumed["run_dir"]) if self.resumed else self._new_run_dir()
+
+    def _new_run_dir(self) -> Path:
+        name = (
+            self.config["name"] or f"{self.config['variant']}-{self.config['scale']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        run_dir = Path(self.config["project"]) / name
+        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        return run_dir
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        state = payload["train_state"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(payload["model"])
+            self.ema.updates = int(state["ema_updates"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_fitness = float(state["best_fitness"])
+        self.history = [dict(row) for row in state["history"]]
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights used for validation and export (EMA when enabled)."""
+        return self.ema.ema if self.ema is not None else self.model
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training streams; returns mean loss parts."""
+        self.model.train()
+        state = None
+        sums, images = np.zeros(4), 0
+        batches = tqdm(
+            self.streams.epoch(epoch),
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.config['epochs']}",
+            disable=not self.progress,
+            leave=False,
+        )
+        for batch in batches:
+            x = torch.from_numpy(batch.inputs).to(self.device)  # [L, B, T, 2, H, W] uint8
+            state = detach_state(state)  # truncated BPTT: no gradient into the previous chunk
+            total = torch.zeros((), device=self.device)
+            for i in range(x.shape[0]):
+                reset = torch.from_numpy(batch.reset[i])
+                if state is not None and bool(reset.any()):
+                    state = reset_state(state, reset.to(self.device))
+                preds, state = self.model(x[i].transpose(0, 1), state)  # input [T, B, 2, H, W]
+                selected = np.flatnonzero(batch.labelled[i] & batch.valid[i])
+                if len(selected):
+                    index = torch.from_numpy(selected).to(self.device)
+                    loss, parts = self.loss(select_images(preds, index), [batch.boxes[i][b] for b in selected])
+                    total = total + loss
+                    sums[1:] += parts.cpu().numpy() * len(selected)
+                    images += len(selected)
+            if total.requires_grad:
+                self.optimizer.zero_grad(set_to_none=True)
+                (total / x.shape[0] / x.shape[1]).backward()
+                if self.config["grad_clip"] > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.model)
+            self.scheduler.step()
+            sums[0] += float(total.detach())
+            if images:
+                batches.set_postfix(loss=f"{sums[0] / images:.3f}")
+        parts = sums / max(images, 1)
+        return {"loss": float(parts[0]), "box": float(parts[1]), "cls": float(parts[2]), "dfl": float(parts[3])}
+
+    def validate(self) -> dict[str, Any]:
+        """Prophesee-protocol metrics of the EMA model on the validation split."""
+        metrics, _ = evaluate_split(
+            self.eval_model,
+            self.config["data"],
+            self.config["val_split"],
+            max_recordings=self.config["val_recordings"],
+            conf_thres=self.config["conf_thres"],
+            iou_thres=self.config["iou_thres"],
+            max_det=self.config["max_det"],
+            progress=self.progress,
+        )
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """Train for the configured epochs (continuing a resumed run); returns the last epoch's metrics row."""
+        row: dict[str, Any] = {}
+        for epoch in range(self.start_epoch, self.config["epochs"]):
+            start = time.perf_counter()
+            losses = self.train_epoch(epoch)
+            metrics = self.validate()
+            row = {
+                "epoch": epoch + 1,
+                **losses,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "AP": metrics["AP"],
+                "AP50": metrics["AP50"],
+                "AP75": metrics["AP75"],
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            self.history.append(row)
+            fitness = float(metrics["AP"] or 0.0)
+            improved = fitness > self.best_fitness
+            self.best_fitness = max(self.best_fitness, fitness)
+            self._save(epoch, improved, metrics)
+            self._write_metrics()
+            if self.progress:
+                print(
+                    f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
+                    f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"
+                    + ("  *best*" if improved else "")
+                )
+        return row
+
+    def _save(self, epoch: int, improved: bool, metrics: dict[str, Any]) -> None:
+        weights = self.run_dir / "weights"
+        common = {"train_config": self.config, "metrics": _plain(metrics), "epoch": epoch + 1}
+        if improved:
+            save_checkpoint(weights / "best.pt", self.eval_model, **common)
+        train_state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "epoch": epoch,
+            "best_fitness": self.best_fitness,
+            "history": self.history,
+        }
+        save_checkpoint(
+            weights / "last.pt", self.eval_model, run_dir=str(self.run_dir), train_state=train_state, **common
+        )
+
+    def _write_metrics(self) -> None:
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            for row in self.history:
+                writer.writerow({k: row.get(k) for k in METRIC_COLUMNS})
+        _plot(self.history, self.run_dir)
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | dict | type(None))}
+
+
+def _plot(history: list[dict[str, Any]], run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "box", "cls", "dfl"):
+        ax.plot(epochs, [row[key] for row in history], marker="o", label=key)
+    ax.set(xlabel="epoch", ylabel="training loss per window", title="training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("AP", "AP50", "AP75"):
+        ax.plot(epochs, [row[key] or 0 for row in history], marker="o", label=key)
+    ax.set(xlabel="epoch", ylabel="validation (Prophesee protocol)", title="validation AP", ylim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "ap.png", dpi=100)
+    plt.close(fig)

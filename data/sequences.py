@@ -1,0 +1,155 @@
+"""Training batches as parallel streams of consecutive windows (RVT's streaming mode).
+
+``B`` streams each walk through whole recordings, window after window; a batch is the next ``L`` windows of every
+stream. The model carries its state from batch to batch (detached: truncated BPTT) and resets a stream's state where
+a new recording starts (``reset`` mask), so training sees the same long-memory dynamics as evaluation and serving.
+Streams are padded at the end of an epoch with ``valid = False`` windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.augment import Augmentation, AugmentParams, augment_boxes, augment_events
+from data.box_filter import BoxFilter
+from data.formats.dat import DatRecording
+from data.formats.labels import BBOX_DTYPE, read_labels
+from data.gen1 import RecordingFiles
+from data.geometry import Letterbox, clip_boxes
+from data.representation import StackedHistogram
+from data.windows import label_window_index
+
+
+@dataclass
+class SequenceBatch:
+    """``L`` consecutive windows of ``B`` streams."""
+
+    inputs: np.ndarray  # [L, B, T, 2, H, W] uint8
+    boxes: list[list[np.ndarray]]  # [L][B] label-dtype boxes in input pixels
+    labelled: np.ndarray  # [L, B] bool: the window has ground truth (boxes may be empty = nothing there)
+    reset: np.ndarray  # [L, B] bool: reset the stream's state before this window (a recording starts)
+    valid: np.ndarray  # [L, B] bool: a real window (False = end-of-epoch padding)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    recording: int
+    first_window: int
+    windows: int
+    augment: AugmentParams
+
+
+class _LoadedRecording:
+    """Events (memory-mapped), labels grouped by window, and whether every window is labelled."""
+
+    def __init__(
+        self, files: RecordingFiles, histogram: StackedHistogram, box_filter: BoxFilter, letterbox_input: bool
+    ) -> None:
+        self.events = DatRecording(files.events)
+        self.letterbox = Letterbox(self.events.width, self.events.height, histogram.width, histogram.height)
+        window = histogram.window_us
+        labels = read_labels(files.labels)
+        labels = box_filter(clip_boxes(labels, self.events.width, self.events.height))
+        if letterbox_input:
+            labels = self.letterbox.boxes_to_input(labels)
+        self.labels_by_window: dict[int, np.ndarray] = {}
+        index = label_window_index(labels["t"], window)
+        for k in np.unique(index):
+            self.labels_by_window[int(k)] = labels[index == k]
+        times = np.unique(read_labels(files.labels)["t"])
+        # Dense labels (one label time per window or more, as the synthetic camera writes) mean an unlabelled window
+        # has no objects in it; sparse labels (Gen1, 4 Hz) leave the windows between label times unknown.
+        self.dense = len(times) > 1 and float(np.median(np.diff(times))) <= window
+        self.first_labelled = int(label_window_index(times[0], window)) if len(times) else 0
+        last_t = max(self.events.t_last or 0, int(times[-1]) if len(times) else 0)
+        self.windows = last_t // window + 1
+
+    def is_labelled(self, k: int) -> bool:
+        return k in self.labels_by_window or (self.dense and k >= self.first_labelled)
+
+
+class SequenceStreams:
+    """An epoch of :class:`SequenceBatch` over recordings of a Gen1-layout split."""
+
+    def __init__(
+        self,
+        recordings: list[RecordingFiles],
+        histogram: StackedHistogram,
+        batch_size: int,
+        seq_len: int,
+        augmentation: Augmentation | None = None,
+        box_filter: BoxFilter | None = None,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+        self.histogram = histogram
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.augmentation, self.seed = augmentation, seed
+        box_filter = box_filter or BoxFilter(skip_us=-1)
+        self.recordings = [_LoadedRecording(r, histogram, box_filter, True) for r in recordings]
+
+    def __len__(self) -> int:
+        return len(self._plan(0)) // self.seq_len
+
+    def _plan(self, epoch: int) -> list[list[tuple[int, int, AugmentParams]]]:
+        # Assign shuffled recordings to the emptiest stream; timelines hold (recording, window, augmentation).
+        rng = np.random.default_rng([self.seed, epoch])
+        streams: list[list[_Segment]] = [[] for _ in range(self.batch_size)]
+        lengths = [0] * self.batch_size
+        for r in rng.permutation(len(self.recordings)):
+            b = int(np.argmin(lengths))
+            rec = self.recordings[int(r)]
+            params = (
+                self.augmentation.sample(rng, self.histogram.width, self.histogram.height)
+                if self.augmentation
+                else AugmentParams()
+            )
+            streams[b].append(_Segment(int(r), 0, rec.windows, params))
+            lengths[b] += rec.windows
+        total = -(-max(lengths) // self.seq_len) * self.seq_len
+        timelines = []
+        for segments in streams:
+            timeline = [(s.recording, s.first_window + k, s.augment) for s in segments for k in range(s.windows)]
+            timeline += [(-1, -1, AugmentParams())] * (total - len(timeline))
+            timelines.append(timeline)
+        # transpose to [position][stream]
+        return [list(step) for step in zip(*timelines, strict=True)]
+
+    def epoch(self, epoch: int) -> Iterator[SequenceBatch]:
+        """Yield the batches of ``epoch`` (deterministic for a given seed and epoch)."""
+        steps = self._plan(epoch)
+        shape = self.histogram.shape
+        for start in range(0, len(steps), self.seq_len):
+            chunk = steps[start : start + self.seq_len]
+            L, B = len(chunk), self.batch_size
+            batch = SequenceBatch(
+                inputs=np.zeros((L, B, *shape), np.uint8),
+                boxes=[[np.zeros(0, dtype=BBOX_DTYPE) for _ in range(B)] for _ in range(L)],
+                labelled=np.zeros((L, B), bool),
+                reset=np.zeros((L, B), bool),
+                valid=np.zeros((L, B), bool),
+            )
+            for i, step in enumerate(chunk):
+                for b, (r, k, params) in enumerate(step):
+                    if r < 0:
+                        continue
+                    batch.valid[i, b] = True
+                    batch.reset[i, b] = k == 0
+                    batch.inputs[i, b] = self._window_input(r, k, params)
+                    rec = self.recordings[r]
+                    batch.labelled[i, b] = rec.is_labelled(k)
+                    if k in rec.labels_by_window:
+                        w, h = self.histogram.width, self.histogram.height
+                        batch.boxes[i][b] = augment_boxes(rec.labels_by_window[k], params, w, h)
+            yield batch
+
+    def _window_input(self, r: int, k: int, params: AugmentParams) -> np.ndarray:
+        rec = self.recordings[r]
+        window = self.histogram.window_us
+        events = rec.letterbox.map_events(rec.events.read(k * window, (k + 1) * window))
+        events = augment_events(events, params, self.histogram.width, self.histogram.height)
+        return self.histogram(events, k * window)
