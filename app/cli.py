@@ -7,10 +7,8 @@ import sys
 from collections.abc import Sequence
 from importlib import import_module
 
-from data.errors import EventDataError
-
 # Each module defines `add_parser(subparsers)` (which sets `func` on its parser) and is listed here once.
-COMMAND_MODULES = ("info", "score")
+COMMAND_MODULES = ("info", "synth", "show", "train", "eval", "predict", "score")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (EventDataError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    # Data, config and checkpoint errors are ValueErrors with a message meant for the user.
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"spquant {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ def detect_recording(detector: StreamingDetector, path: str | os.PathLike[str]) 
         raise ValueError(f"{path}: sensor size unknown; the header has no geometry")
     stream = detector.for_sensor(recording.width, recording.height)
     parts = [dets for _, dets in stream.run(iter_windows(recording, stream.window_us))]
-    return np.concatenate(parts) if parts else np.zeros(0, BBOX_DTYPE)
+    return np.concatenate(parts, dtype=BBOX_DTYPE) if parts else np.zeros(0, BBOX_DTYPE)
 
 
 def evaluate_split(

@@ -101,4 +101,5 @@ def validate_events(events: np.ndarray, width: int | None = None, height: int | 
 
 def concat_events(parts: list[np.ndarray]) -> np.ndarray:
     """Concatenate event arrays (an empty list gives an empty array)."""
-    return np.concatenate(parts) if parts else empty_events()
+    # dtype= keeps the aligned layout: numpy 2 otherwise drops the padding and returns a different dtype
+    return np.concatenate(parts, dtype=EVENT_DTYPE) if parts else empty_events()

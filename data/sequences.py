@@ -2,8 +2,9 @@
 
 ``B`` streams each walk through whole recordings, window after window; a batch is the next ``L`` windows of every
 stream. The model carries its state from batch to batch (detached: truncated BPTT) and resets a stream's state where
-a new recording starts (``reset`` mask), so training sees the same long-memory dynamics as evaluation and serving.
-Streams are padded at the end of an epoch with ``valid = False`` windows.
+a new segment starts (``reset`` mask), so training sees the same long-memory dynamics as evaluation and serving.
+The shuffled recordings are laid end to end and cut into ``B`` equal parts so that every stream stays busy; the last
+stream is padded with ``valid = False`` windows.
 """
 
 from __future__ import annotations
@@ -30,16 +31,8 @@ class SequenceBatch:
     inputs: np.ndarray  # [L, B, T, 2, H, W] uint8
     boxes: list[list[np.ndarray]]  # [L][B] label-dtype boxes in input pixels
     labelled: np.ndarray  # [L, B] bool: the window has ground truth (boxes may be empty = nothing there)
-    reset: np.ndarray  # [L, B] bool: reset the stream's state before this window (a recording starts)
+    reset: np.ndarray  # [L, B] bool: reset the stream's state before this window (a segment starts)
     valid: np.ndarray  # [L, B] bool: a real window (False = end-of-epoch padding)
-
-
-@dataclass(frozen=True)
-class _Segment:
-    recording: int
-    first_window: int
-    windows: int
-    augment: AugmentParams
 
 
 class _LoadedRecording:
@@ -95,29 +88,29 @@ class SequenceStreams:
     def __len__(self) -> int:
         return len(self._plan(0)) // self.seq_len
 
-    def _plan(self, epoch: int) -> list[list[tuple[int, int, AugmentParams]]]:
-        # Assign shuffled recordings to the emptiest stream; timelines hold (recording, window, augmentation).
+    def _plan(self, epoch: int) -> list[list[tuple[int, int, AugmentParams, bool]]]:
+        # The shuffled recordings are laid end to end and cut into B equal parts, one per stream, so every stream
+        # stays busy. Each step is (recording, window, augmentation, starts): the state is reset where a recording
+        # starts and where a stream's part starts mid-recording.
         rng = np.random.default_rng([self.seed, epoch])
-        streams: list[list[_Segment]] = [[] for _ in range(self.batch_size)]
-        lengths = [0] * self.batch_size
+        timeline = []
         for r in rng.permutation(len(self.recordings)):
-            b = int(np.argmin(lengths))
             rec = self.recordings[int(r)]
             params = (
                 self.augmentation.sample(rng, self.histogram.width, self.histogram.height)
                 if self.augmentation
                 else AugmentParams()
             )
-            streams[b].append(_Segment(int(r), 0, rec.windows, params))
-            lengths[b] += rec.windows
-        total = -(-max(lengths) // self.seq_len) * self.seq_len
-        timelines = []
-        for segments in streams:
-            timeline = [(s.recording, s.first_window + k, s.augment) for s in segments for k in range(s.windows)]
-            timeline += [(-1, -1, AugmentParams())] * (total - len(timeline))
-            timelines.append(timeline)
-        # transpose to [position][stream]
-        return [list(step) for step in zip(*timelines, strict=True)]
+            timeline += [(int(r), k, params, k == 0) for k in range(rec.windows)]
+        share = max(1, -(-len(timeline) // (self.batch_size * self.seq_len))) * self.seq_len
+        padding = (-1, -1, AugmentParams(), False)
+        streams = []
+        for b in range(self.batch_size):
+            part = timeline[b * share : (b + 1) * share]
+            if part:
+                part[0] = (*part[0][:3], True)
+            streams.append(part + [padding] * (share - len(part)))
+        return [list(step) for step in zip(*streams, strict=True)]  # [position][stream]
 
     def epoch(self, epoch: int) -> Iterator[SequenceBatch]:
         """Yield the batches of ``epoch`` (deterministic for a given seed and epoch)."""
@@ -134,11 +127,11 @@ class SequenceStreams:
                 valid=np.zeros((L, B), bool),
             )
             for i, step in enumerate(chunk):
-                for b, (r, k, params) in enumerate(step):
+                for b, (r, k, params, starts) in enumerate(step):
                     if r < 0:
                         continue
                     batch.valid[i, b] = True
-                    batch.reset[i, b] = k == 0
+                    batch.reset[i, b] = starts
                     batch.inputs[i, b] = self._window_input(r, k, params)
                     rec = self.recordings[r]
                     batch.labelled[i, b] = rec.is_labelled(k)

@@ -92,7 +92,7 @@ def _width(channels: int, multiple: float) -> int:
 
 
 class SpikingBackbone(nn.Module):
-    """Two strided spiking convs then three strided MS-residual stages; returns the P3/P4/P5 currents."""
+    """Strided spiking conv, strided conv, then three strided MS-residual stages; returns the P3/P4/P5 currents."""
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
@@ -101,7 +101,8 @@ class SpikingBackbone(nn.Module):
         neuron = config.neuron()
         stem = [_width(c, multiple) for c in arch["stem"]]
         self.stem1 = SpikingConvBlock(2, stem[0], 3, 2, neuron, config.quant(first_layer=True))
-        self.stem2 = SpikingConvBlock(stem[0], stem[1], 3, 2, neuron, config.quant())
+        # The second stem conv hands currents, not spikes, to the MS residual stages (each starts with a LIF).
+        self.stem2 = ConvBN(stem[0], stem[1], 3, 2, config.quant())
         self.stages = nn.ModuleList()
         in_ch = stem[1]
         for channels in arch["stages"]:
@@ -115,7 +116,7 @@ class SpikingBackbone(nn.Module):
     def forward(self, x: Tensor, state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
         new: dict[str, Any] = {}
         s, new["stem1"] = self.stem1(x, state.get("stem1"))  # [T, B, C1, H/2, W/2] spikes
-        y, new["stem2"] = self.stem2(s, state.get("stem2"))  # [T, B, C2, H/4, W/4] spikes
+        y = self.stem2(s)  # [T, B, C2, H/4, W/4] currents
         outputs = []
         for i, stage in enumerate(self.stages):
             for j, block in enumerate(stage):

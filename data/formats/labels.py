@@ -63,7 +63,13 @@ def normalize_boxes(array: np.ndarray) -> np.ndarray:
             raise LabelFormatError("label boxes contain NaN or infinite values")
         if np.any(out["w"] < 0) or np.any(out["h"] < 0):
             raise LabelFormatError("label boxes must have non-negative width and height")
-    return out[np.argsort(out["t"], kind="stable")]
+    # Field-by-field copy into zeros: fancy-indexing a padded record array leaves the padding bytes undefined, and
+    # files written from it would differ from run to run.
+    order = np.argsort(out["t"], kind="stable")
+    ordered = np.zeros(len(out), dtype=BBOX_DTYPE)
+    for name in BBOX_DTYPE.names:
+        ordered[name] = out[name][order]
+    return ordered
 
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:

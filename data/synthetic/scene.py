@@ -13,6 +13,7 @@ bilinearly, so an edge moving 0.2 px per frame changes the pixels it crosses gra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +28,10 @@ class SceneConfig:
     width: int = 304
     height: int = 240
     horizon: float = 0.4  # horizon row as a fraction of the frame height
-    car_rate_hz: float = 0.35  # new cars per second (Poisson arrivals)
-    pedestrian_rate_hz: float = 0.4
+    car_rate_hz: float = 0.8  # new cars per second (Poisson arrivals)
+    pedestrian_rate_hz: float = 0.3
     car_depth: tuple[float, float] = (1.3, 9.0)  # nearest and farthest car; 9 gives boxes below the Gen1 filter
-    pedestrian_depth: tuple[float, float] = (1.25, 9.0)
+    pedestrian_depth: tuple[float, float] = (1.25, 8.0)
     car_speed: tuple[float, float] = (120.0, 330.0)
     pedestrian_speed: tuple[float, float] = (45.0, 95.0)
     stop_probability: float = 0.3  # chance that an object stops once while in view
@@ -47,18 +48,22 @@ class Sprite:
     """An object's appearance: ``K`` animation poses, pre-rendered with anti-aliased edges.
 
     Attributes:
-        premul: ``[K, h, w]`` coverage × log intensity (premultiplied, so bilinear shifts stay exact).
-        alpha: ``[K, h, w]`` coverage in [0, 1].
+        layers: ``[K, 2, h, w]`` float32: coverage × log intensity (premultiplied, so bilinear shifts stay exact)
+            and coverage in [0, 1]. The outermost row and column on every side are empty.
         extent: ``[K, 4]`` tight ``(x0, y0, x1, y1)`` of each pose in sprite pixels (x1, y1 exclusive).
     """
 
-    premul: np.ndarray
-    alpha: np.ndarray
+    layers: np.ndarray
     extent: np.ndarray
 
     @property
     def poses(self) -> int:
-        return self.premul.shape[0]
+        return self.layers.shape[0]
+
+    @property
+    def alpha(self) -> np.ndarray:
+        """``[K, h, w]`` coverage."""
+        return self.layers[:, 1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,17 +83,12 @@ class Track:
     cycle_px: float  # distance per animation cycle (a stride, or a wheel turn between spokes)
     t_grid: np.ndarray  # [G] µs
     s_grid: np.ndarray  # [G] px travelled
-    t_in: float  # first time any part of the sprite can be in view (µs)
-    t_out: float  # last such time
+    t_in: float  # spawn time, just outside the frame (µs)
+    t_out: float  # time it is past the other edge
 
     def travelled(self, t: float) -> float:
         """Pixels travelled at time ``t``."""
         return float(np.interp(t, self.t_grid, self.s_grid))
-
-    def speed(self, t: float) -> float:
-        """Screen speed (px/s) at ``t``, from the tabulated path."""
-        i = int(np.clip(np.searchsorted(self.t_grid, t), 1, len(self.t_grid) - 1))
-        return float((self.s_grid[i] - self.s_grid[i - 1]) / (self.t_grid[i] - self.t_grid[i - 1]) * 1e6)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Placement:
 
     def pose(self) -> int:
         """The nearest animation pose."""
-        return int(round(self.phase)) % self.track.sprite.poses
+        return round(self.phase) % self.track.sprite.poses
 
     def box(self) -> tuple[float, float, float, float]:
         """The object's tight box ``(x0, y0, x1, y1)`` on screen, unclipped."""
@@ -157,9 +157,7 @@ class StreetScene:
             k0 = int(p.phase)
             k1 = (k0 + 1) % sprite.poses
             w = np.float32(p.phase - k0)
-            premul = sprite.premul[k0] + w * (sprite.premul[k1] - sprite.premul[k0])
-            alpha = sprite.alpha[k0] + w * (sprite.alpha[k1] - sprite.alpha[k0])
-            _composite(frame, premul, alpha, p.x, p.y)
+            _composite(frame, sprite.layers[k0] + w * (sprite.layers[k1] - sprite.layers[k0]), p.x, p.y)
         return frame
 
 
@@ -178,26 +176,21 @@ def _sample(image: np.ndarray, x: float, y: float, height: int, width: int) -> n
     return rows[:, :-1] + fx * (rows[:, 1:] - rows[:, :-1])
 
 
-def _composite(frame: np.ndarray, premul: np.ndarray, alpha: np.ndarray, x: float, y: float) -> None:
-    """Paint a sprite (premultiplied) over ``frame`` in place, its top-left at fractional ``(x, y)``."""
-    h, w = alpha.shape
+def _composite(frame: np.ndarray, layers: np.ndarray, x: float, y: float) -> None:
+    """Paint a sprite's ``[2, h, w]`` (premultiplied, coverage) over ``frame`` in place, top-left at ``(x, y)``."""
+    _, h, w = layers.shape
     ix, iy = math.floor(x), math.floor(y)
     fx, fy = np.float32(x - ix), np.float32(y - iy)
-    # Shifting right/down by a fraction: each output pixel mixes a sprite pixel with its left/upper neighbour.
-    y0, y1 = max(iy, 0), min(iy + h + 1, frame.shape[0])
-    x0, x1 = max(ix, 0), min(ix + w + 1, frame.shape[1])
-    if y0 >= y1 or x0 >= x1:
+    # Shifting right/down by a fraction mixes each pixel with its left/upper neighbour. The sprite's empty border
+    # absorbs the shift, so only sprite rows/columns 1.. are computed, and only those that land on the frame.
+    r0, r1 = max(1, -iy), min(h, frame.shape[0] - iy)
+    c0, c1 = max(1, -ix), min(w, frame.shape[1] - ix)
+    if r0 >= r1 or c0 >= c1:
         return
-    shifted = []
-    for src in (premul, alpha):
-        padded = np.zeros((h + 2, w + 2), np.float32)
-        padded[1:-1, 1:-1] = src
-        # Only the rows/columns that land on the frame are computed.
-        r0, r1, c0, c1 = y0 - iy, y1 - iy, x0 - ix, x1 - ix
-        here, left = padded[r0 + 1 : r1 + 1, c0 : c1 + 1], padded[r0 : r1, c0 : c1 + 1]
-        rows = here + fy * (left - here)  # [r1-r0, c1-c0+1]
-        shifted.append(rows[:, 1:] + fx * (rows[:, :-1] - rows[:, 1:]))
-    region = frame[y0:y1, x0:x1]
+    here, above = layers[:, r0:r1, c0 - 1 : c1], layers[:, r0 - 1 : r1 - 1, c0 - 1 : c1]
+    rows = here + fy * (above - here)  # [2, r1-r0, c1-c0+1]
+    shifted = rows[:, :, 1:] + fx * (rows[:, :, :-1] - rows[:, :, 1:])  # [2, r1-r0, c1-c0]
+    region = frame[iy + r0 : iy + r1, ix + c0 : ix + c1]
     region *= 1 - shifted[1]
     region += shifted[0]
 
@@ -209,13 +202,16 @@ class _Painter:
         self.ss, self.width, self.height = ss, width, height
         coords_x = (np.arange(width * ss, dtype=np.float32) + 0.5) / ss
         coords_y = (np.arange(height * ss, dtype=np.float32) + 0.5) / ss
-        self.X, self.Y = np.meshgrid(coords_x, coords_y)  # [h·ss, w·ss] pixel coordinates of the subsamples
-        self.value = np.zeros_like(self.X)
-        self.cover = np.zeros(self.X.shape, bool)
+        self.xs, self.ys = np.meshgrid(coords_x, coords_y)  # [h·ss, w·ss] pixel coordinates of the subsamples
+        self.clear()
 
     def paint(self, mask: np.ndarray, value: float | np.ndarray) -> None:
         self.value = np.where(mask, value, self.value)
         self.cover |= mask
+
+    def clear(self) -> None:
+        self.value = np.zeros_like(self.xs)
+        self.cover = np.zeros(self.xs.shape, bool)
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         return self.value.copy(), self.cover.copy()
@@ -231,46 +227,46 @@ class _Painter:
         return premul, alpha
 
     def box(self, x0: float, y0: float, x1: float, y1: float, radius: float = 0.0) -> np.ndarray:
-        dx = np.maximum(np.maximum(x0 + radius - self.X, self.X - (x1 - radius)), 0)
-        dy = np.maximum(np.maximum(y0 + radius - self.Y, self.Y - (y1 - radius)), 0)
-        inside = (self.X >= x0) & (self.X <= x1) & (self.Y >= y0) & (self.Y <= y1)
+        dx = np.maximum(np.maximum(x0 + radius - self.xs, self.xs - (x1 - radius)), 0)
+        dy = np.maximum(np.maximum(y0 + radius - self.ys, self.ys - (y1 - radius)), 0)
+        inside = (x0 <= self.xs) & (x1 >= self.xs) & (y0 <= self.ys) & (y1 >= self.ys)
         return inside & (dx * dx + dy * dy <= radius * radius)
 
     def disc(self, cx: float, cy: float, r: float) -> np.ndarray:
-        return (self.X - cx) ** 2 + (self.Y - cy) ** 2 <= r * r
+        return (self.xs - cx) ** 2 + (self.ys - cy) ** 2 <= r * r
 
     def capsule(self, ax: float, ay: float, bx: float, by: float, r: float) -> np.ndarray:
         """A thick segment from ``a`` to ``b`` with round ends (limbs)."""
         vx, vy = bx - ax, by - ay
-        u = np.clip(((self.X - ax) * vx + (self.Y - ay) * vy) / max(vx * vx + vy * vy, 1e-9), 0, 1)
-        return (self.X - ax - u * vx) ** 2 + (self.Y - ay - u * vy) ** 2 <= r * r
+        u = np.clip(((self.xs - ax) * vx + (self.ys - ay) * vy) / max(vx * vx + vy * vy, 1e-9), 0, 1)
+        return (self.xs - ax - u * vx) ** 2 + (self.ys - ay - u * vy) ** 2 <= r * r
 
     def trapezoid(self, y0: float, y1: float, top: tuple[float, float], bottom: tuple[float, float]) -> np.ndarray:
         """Rows ``y0..y1``; the left/right edges run linearly from ``top`` (at y0) to ``bottom`` (at y1)."""
-        f = (self.Y - y0) / max(y1 - y0, 1e-9)
+        f = (self.ys - y0) / max(y1 - y0, 1e-9)
         left = top[0] + f * (bottom[0] - top[0])
         right = top[1] + f * (bottom[1] - top[1])
-        return (self.Y >= y0) & (self.Y <= y1) & (self.X >= left) & (self.X <= right)
+        return (y0 <= self.ys) & (y1 >= self.ys) & (left <= self.xs) & (right >= self.xs)
 
     def grating(self, rng: np.random.Generator, wavelength: tuple[float, float]) -> np.ndarray:
         """A smooth random pattern in [-1, 1] fixed to the sprite (moves with the object)."""
-        out = np.zeros_like(self.X)
+        out = np.zeros_like(self.xs)
         for _ in range(3):
             angle, lam, phase = rng.uniform(0, math.pi), rng.uniform(*wavelength), rng.uniform(0, 2 * math.pi)
-            out += np.sin((self.X * math.cos(angle) + self.Y * math.sin(angle)) * (2 * math.pi / lam) + phase)
+            out += np.sin((self.xs * math.cos(angle) + self.ys * math.sin(angle)) * (2 * math.pi / lam) + phase)
         return out / 3
 
 
 def _finish(poses: list[tuple[np.ndarray, np.ndarray]], flip: bool) -> Sprite:
-    premul = np.stack([p for p, _ in poses])
-    alpha = np.stack([a for _, a in poses])
+    # One empty pixel on every side, whatever the drawing did: compositing relies on it.
+    layers = np.pad(np.stack([np.stack(p) for p in poses]), ((0, 0), (0, 0), (1, 1), (1, 1)))  # [K, 2, h, w]
     if flip:
-        premul, alpha = premul[:, :, ::-1].copy(), alpha[:, :, ::-1].copy()
+        layers = np.ascontiguousarray(layers[..., ::-1])
     extent = np.zeros((len(poses), 4), np.float32)
-    for k, a in enumerate(alpha):
+    for k, a in enumerate(layers[:, 1]):
         rows, cols = np.flatnonzero(a.max(axis=1) > 0.25), np.flatnonzero(a.max(axis=0) > 0.25)
         extent[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
-    return Sprite(premul, alpha, extent)
+    return Sprite(layers, extent)
 
 
 def _body_value(rng: np.random.Generator, street: float, contrast: tuple[float, float]) -> float:
@@ -290,16 +286,37 @@ def _car_sprite(rng: np.random.Generator, length: float, config: SceneConfig, fl
     paint = body + 0.15 * pt.grating(rng, (4.0, 14.0))  # reflections and dirt on the paint
     belt = y + H * rng.uniform(0.38, 0.5)  # where the cabin meets the body
     cabin_front, cabin_back = rng.uniform(0.68, 0.8), rng.uniform(0.12, 0.25)
-    pt.paint(pt.trapezoid(y, belt, (x + L * (cabin_back + 0.08), x + L * (cabin_front - 0.1)),
-                          (x + L * cabin_back, x + L * cabin_front)), paint)
+    pt.paint(
+        pt.trapezoid(
+            y,
+            belt,
+            (x + L * (cabin_back + 0.08), x + L * (cabin_front - 0.1)),
+            (x + L * cabin_back, x + L * cabin_front),
+        ),
+        paint,
+    )
     pt.paint(pt.box(x, belt - 0.5, x + L, y + H - 0.6 * r, radius=0.12 * H), paint)
-    glass = -1.0 + 0.25 * (pt.Y - y) / max(belt - y, 1)  # darker at the top, sky reflection lower
+    glass = -1.0 + 0.25 * (pt.ys - y) / max(belt - y, 1)  # darker at the top, sky reflection lower
     inset = max(0.08 * (belt - y), 0.6)
     pillar = x + L * (cabin_back + cabin_front) / 2
-    pt.paint(pt.trapezoid(y + inset, belt - inset, (x + L * (cabin_back + 0.09) + inset, pillar - 0.02 * L),
-                          (x + L * cabin_back + 2 * inset, pillar - 0.02 * L)), glass)
-    pt.paint(pt.trapezoid(y + inset, belt - inset, (pillar + 0.02 * L, x + L * (cabin_front - 0.1) - inset),
-                          (pillar + 0.02 * L, x + L * cabin_front - 2 * inset)), glass)
+    pt.paint(
+        pt.trapezoid(
+            y + inset,
+            belt - inset,
+            (x + L * (cabin_back + 0.09) + inset, pillar - 0.02 * L),
+            (x + L * cabin_back + 2 * inset, pillar - 0.02 * L),
+        ),
+        glass,
+    )
+    pt.paint(
+        pt.trapezoid(
+            y + inset,
+            belt - inset,
+            (pillar + 0.02 * L, x + L * (cabin_front - 0.1) - inset),
+            (pillar + 0.02 * L, x + L * cabin_front - 2 * inset),
+        ),
+        glass,
+    )
     door_line = body - 0.5 * np.sign(body + 0.3)  # seams contrast with the paint
     for fx in (0.45, 0.64):
         pt.paint(pt.box(x + L * fx, belt + 1, x + L * fx + max(0.006 * L, 0.4), y + H - r * 1.1), door_line)
@@ -309,7 +326,7 @@ def _car_sprite(rng: np.random.Generator, length: float, config: SceneConfig, fl
     pt.paint(pt.box(x, y + H - 1.1 * r, x + L, y + H - 0.7 * r), -1.2)  # bumper line / sill shadow
     wheels = [(x + L * 0.19, y + H - r), (x + L * 0.81, y + H - r)]
     for cx, cy in wheels:
-        pt.paint(pt.disc(cx, cy, r * 1.18), -1.5)  # wheel arch
+        pt.paint(pt.disc(cx, cy, r * 1.18) & (pt.ys < cy), -1.5)  # wheel arch
     base = pt.snapshot()
     spokes = int(rng.integers(4, 7))
     poses = []
@@ -319,7 +336,7 @@ def _car_sprite(rng: np.random.Generator, length: float, config: SceneConfig, fl
         for cx, cy in wheels:
             pt.paint(pt.disc(cx, cy, r), -1.7)  # tyre
             rim = pt.disc(cx, cy, 0.62 * r)
-            theta = np.arctan2(pt.Y - cy, pt.X - cx)
+            theta = np.arctan2(pt.ys - cy, pt.xs - cx)
             spoke = np.cos(spokes * (theta - angle)) > 0.3
             pt.paint(rim, np.where(spoke, 0.5, -0.6))
             pt.paint(pt.disc(cx, cy, 0.18 * r), 0.2)
@@ -347,7 +364,7 @@ def _pedestrian_sprite(
     poses = []
     for k in range(12):
         phase = 2 * math.pi * k / 12
-        pt.restore((np.zeros_like(pt.X), np.zeros(pt.X.shape, bool)))
+        pt.clear()
         bob = 0.012 * H * math.cos(2 * phase)  # the body rises twice per cycle
         for side, shade in ((1, -0.25), (-1, 0.0)):  # far limbs first, slightly darker
             swing = side * math.sin(phase)
@@ -360,20 +377,27 @@ def _pedestrian_sprite(
             pt.paint(pt.capsule(fx - 0.01 * H, fy, fx + 0.06 * H, fy, 0.025 * H), -1.4)  # shoe
             if side == 1:  # the far arm goes behind the torso
                 _arm(pt, cx, shoulder_y + bob, -swing, upper, fore, limb * 0.9, shirt + shade, skin + shade)
-        pt.paint(pt.box(cx - 0.11 * H, shoulder_y - 0.03 * H + bob, cx + 0.11 * H, hip_y + 0.04 * H + bob,
-                        radius=0.04 * H), shirt_tex)
+        pt.paint(
+            pt.box(cx - 0.11 * H, shoulder_y - 0.03 * H + bob, cx + 0.11 * H, hip_y + 0.04 * H + bob, radius=0.04 * H),
+            shirt_tex,
+        )
         _arm(pt, cx, shoulder_y + bob, math.sin(phase), upper, fore, limb * 0.9, shirt, skin)
         if bag:
-            pt.paint(pt.box(cx - 0.2 * H, shoulder_y + 0.03 * H + bob, cx - 0.09 * H, hip_y - 0.05 * H + bob,
-                            radius=0.02 * H), -1.0)
+            pt.paint(
+                pt.box(
+                    cx - 0.2 * H, shoulder_y + 0.03 * H + bob, cx - 0.09 * H, hip_y - 0.05 * H + bob, radius=0.02 * H
+                ),
+                -1.0,
+            )
         pt.paint(pt.disc(cx + 0.01 * H, top + 0.075 * H + bob, 0.068 * H), skin)
-        pt.paint(pt.disc(cx - 0.005 * H, top + 0.06 * H + bob, 0.062 * H) & (pt.Y < top + 0.07 * H + bob), -1.1)
+        pt.paint(pt.disc(cx - 0.005 * H, top + 0.06 * H + bob, 0.062 * H) & (pt.ys < top + 0.07 * H + bob), -1.1)
         poses.append(pt.pixels())
     return _finish(poses, flip), 1.3 * H
 
 
-def _arm(pt: _Painter, sx: float, sy: float, swing: float, upper: float, fore: float, r: float,
-         sleeve: float, skin: float) -> None:
+def _arm(
+    pt: _Painter, sx: float, sy: float, swing: float, upper: float, fore: float, r: float, sleeve: float, skin: float
+) -> None:
     ex, ey = sx + upper * math.sin(0.5 * swing), sy + upper * math.cos(0.5 * swing)
     bend = 0.5 * swing + 0.35 * max(0.0, swing)  # the elbow bends on the forward swing
     hx, hy = ex + fore * math.sin(bend), ey + fore * math.cos(bend)
@@ -385,24 +409,27 @@ def _arm(pt: _Painter, sx: float, sy: float, swing: float, upper: float, fore: f
 
 
 def _make_tracks(
-    config: SceneConfig, rng: np.random.Generator, duration_us: float, ground_row, margin: int
+    config: SceneConfig, rng: np.random.Generator, duration_us: float, ground_row: Callable[[float], float], margin: int
 ) -> list[Track]:
     """Poisson arrivals of cars and pedestrians; arrivals before t=0 populate the street at the start."""
     tracks: list[Track] = []
-    for class_id, rate, depth_range, speed_range in (
-        (CAR, config.car_rate_hz, config.car_depth, config.car_speed),
-        (PEDESTRIAN, config.pedestrian_rate_hz, config.pedestrian_depth, config.pedestrian_speed),
-    ):
-        slowest = speed_range[0] / depth_range[1]  # px/s
+    for class_id, rate in ((CAR, config.car_rate_hz), (PEDESTRIAN, config.pedestrian_rate_hz)):
+        speeds, depths = _ranges(config, class_id)
+        slowest = speeds[0] / depths[1]  # px/s
         pre_roll = (config.width + 2 * margin) / slowest * 1e6 * 0.6  # most tracks that span t=0 start in here
         n = rng.poisson(rate * (duration_us + pre_roll) / 1e6)
-        spawns = np.sort(rng.uniform(-pre_roll, duration_us, n))
-        for t_spawn in spawns:
-            track = _make_track(config, rng, class_id, float(t_spawn), depth_range, speed_range, ground_row, margin,
-                                len(tracks), duration_us)
+        for t_spawn in np.sort(rng.uniform(-pre_roll, duration_us, n)):
+            track = _make_track(config, rng, class_id, float(t_spawn), duration_us, ground_row, margin, len(tracks))
             if track is not None:
                 tracks.append(track)
     return tracks
+
+
+def _ranges(config: SceneConfig, class_id: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(speed range, depth range) of a class."""
+    if class_id == CAR:
+        return config.car_speed, config.car_depth
+    return config.pedestrian_speed, config.pedestrian_depth
 
 
 def _make_track(
@@ -410,19 +437,19 @@ def _make_track(
     rng: np.random.Generator,
     class_id: int,
     t_spawn: float,
-    depth_range: tuple[float, float],
-    speed_range: tuple[float, float],
-    ground_row,
+    duration_us: float,
+    ground_row: Callable[[float], float],
     margin: int,
     track_id: int,
-    duration_us: float,
 ) -> Track | None:
+    """A track spawned just outside the frame at ``t_spawn``; None if it is gone before 0 or starts after the end."""
+    speed_range, depth_range = _ranges(config, class_id)
     # Uniform in inverse depth: near objects are rarer than far ones, as on a real street.
     depth = 1 / rng.uniform(1 / depth_range[1], 1 / depth_range[0])
     direction = int(rng.choice((-1, 1)))
     speed = rng.uniform(*speed_range) / depth  # px/s on screen
     size = (rng.uniform(150, 195) if class_id == CAR else rng.uniform(115, 140)) / depth
-    span = size * (1.0 if class_id == CAR else 0.62) + 4  # sprite width incl. padding, approximately
+    span = size * (1.0 if class_id == CAR else 0.62) + 7  # sprite width incl. its empty border, give or take 1
     travel = config.width + 2 * margin + span + 4  # from just outside one edge to just outside the other
     wander = rng.uniform(0.1, 0.2) if class_id == PEDESTRIAN else rng.uniform(0.03, 0.08)
     stops = []
@@ -437,7 +464,7 @@ def _make_track(
     t_grid = t_spawn + np.arange(int(lifetime / step) + 2) * step
     gate = np.ones_like(t_grid)
     for start, dur in stops:  # 1 while cruising, ramps down to 0 over `ramp` before the stop and back after it
-        up = np.clip(np.minimum((start - t_grid) / ramp, (t_grid - start - dur) / ramp), 0, 1)
+        up = np.clip(np.maximum((start - t_grid) / ramp, (t_grid - start - dur) / ramp), 0, 1)
         gate = np.minimum(gate, up)
     wobble = 1 + wander * np.sin(2 * math.pi * (t_grid - t_spawn) / rng.uniform(3e6, 8e6) + rng.uniform(0, 6.3))
     v = speed * gate * wobble / 1e6  # px/µs
@@ -452,8 +479,9 @@ def _make_track(
     x0 = -margin - sprite_w - 1.0 if direction > 0 else config.width + margin + 1.0
     # Sprite rows: padding (2) + object height; its last object row stands on the ground line of its depth.
     y0 = ground_row(depth) - sprite.extent[0][3]
-    return Track(track_id, class_id, depth, sprite, x0, y0, direction, cycle, t_grid, s_grid,
-                 float(t_grid[0]), float(t_grid[-1]))
+    return Track(
+        track_id, class_id, depth, sprite, x0, y0, direction, cycle, t_grid, s_grid, float(t_grid[0]), float(t_grid[-1])
+    )
 
 
 # --- background ----------------------------------------------------------------------------------------------------
@@ -479,7 +507,7 @@ def _fractal_noise(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarr
 def _street_background(config: SceneConfig, rng: np.random.Generator, margin: int, horizon: float) -> np.ndarray:
     """The static street in log intensity, ``margin`` px larger than the frame on every side for camera sway."""
     H, W = config.height + 2 * margin, config.width + 2 * margin
-    hz = int(round(horizon)) + margin  # horizon row in background coordinates
+    hz = round(horizon) + margin  # horizon row in background coordinates
     Y, X = np.mgrid[0:H, 0:W].astype(np.float32)
     img = 1.1 - 0.4 * Y / hz  # sky: brighter at the top
     img += 0.06 * _value_noise(rng, (H, W), 40.0)  # clouds
