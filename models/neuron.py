@@ -1,0 +1,193 @@
+"""The integer LIF neuron with a quantized membrane (SpQuant-SNN), its config, and its explicit state.
+
+One time step, with input current ``I`` (conv + BN output) and threshold ``θ``, membrane in units of θ::
+
+    u  = λ·m + I/θ                  # charge (λ = 0.5 is a 1-bit shift in integer form)
+    s  = u > 1                      # fire (strict)
+    u' = (1 − s)·u   or   u − s     # hard reset to 0 (default) or soft reset by subtraction
+    m  = Q(u')                      # stored state: nearest level of the grid lb..ub in steps of q
+
+Folding for integer export: ``I/θ`` is a per-channel scale that folds into the conv and BN scales, λ is a shift,
+and ``Q`` is clamp + round-half-up on the integer codes ``m/q``; nothing else is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Self
+
+import torch
+from torch import Tensor, nn
+
+from models.frozen_config import FrozenConfig, check, is_real
+from models.quant import LevelGrid
+from models.surrogate import SPIKE_SURROGATES, quantize_membrane, spike
+
+RESETS = ("hard", "soft")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronConfig(FrozenConfig):
+    """Hyper-parameters of one :class:`IntegerLIF` layer.
+
+    Attributes:
+        leak: λ in ``u = λ·m + I/θ``, in [0, 1].
+        lb, ub, step: the membrane level grid in θ units (default ternary ``{-1, 0, 1}``).
+        reset: ``"hard"`` (to 0) or ``"soft"`` (subtract the threshold).
+        surrogate, surrogate_width: spike surrogate (``"triangle"`` or ``"atan"``) and its half-width.
+        surrogate_k: steepness of the stacked sigmoid surrogate of ``Q``, per grid step.
+        threshold_init: initial θ (> 0).
+        learn_threshold: θ is a trained parameter (else a fixed buffer).
+        per_channel_threshold: one θ per output channel instead of one per layer.
+        quantize_membrane: apply ``Q``; False gives the full-precision (FP32 membrane) baseline.
+    """
+
+    leak: float = 0.5
+    lb: float = -1.0
+    ub: float = 1.0
+    step: float = 1.0
+    reset: str = "hard"
+    surrogate: str = "triangle"
+    surrogate_width: float = 1.0
+    surrogate_k: float = 2.0
+    threshold_init: float = 1.0
+    learn_threshold: bool = True
+    per_channel_threshold: bool = False
+    quantize_membrane: bool = True
+
+    def __post_init__(self) -> None:
+        check(is_real(self.leak) and 0 <= self.leak <= 1, f"NeuronConfig.leak must be in [0, 1], got {self.leak!r}")
+        check(self.reset in RESETS, f"NeuronConfig.reset must be one of {RESETS}, got {self.reset!r}")
+        check(self.surrogate in SPIKE_SURROGATES,
+              f"NeuronConfig.surrogate must be one of {SPIKE_SURROGATES}, got {self.surrogate!r}")
+        for name in ("surrogate_width", "surrogate_k", "threshold_init"):
+            value = getattr(self, name)
+            check(is_real(value) and math.isfinite(value) and value > 0,
+                  f"NeuronConfig.{name} must be a positive finite number, got {value!r}")
+        for name in ("learn_threshold", "per_channel_threshold", "quantize_membrane"):
+            value = getattr(self, name)
+            check(isinstance(value, bool), f"NeuronConfig.{name} must be a bool, got {value!r}")
+        LevelGrid(self.lb, self.ub, self.step)  # raises ValueError on a bad grid
+
+    @property
+    def grid(self) -> LevelGrid:
+        """The membrane level grid."""
+        return LevelGrid(self.lb, self.ub, self.step)
+
+
+class IntegerLIF(nn.Module):
+    """Leaky integrate-and-fire neuron with a quantized membrane and a learnable threshold.
+
+    ``forward(x, state) -> (spikes, state)``: ``x`` is ``[T, B, C, H, W]`` (multi-step) or ``[B, C, H, W]``
+    (single step, same result as T = 1); ``state`` is ``[B, C, H, W]`` or ``None`` for a fresh one. Nothing is
+    kept between calls. After :meth:`use_int8_state` the state holds int8 level codes (``m/step``), spikes come
+    back as bool, and the spikes equal those of the float path on the same input.
+    """
+
+    def __init__(self, config: NeuronConfig | None = None, channels: int | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else NeuronConfig()
+        self.grid = self.config.grid
+        self.channels = channels
+        if self.config.per_channel_threshold:
+            check(isinstance(channels, int) and channels > 0,
+                  f"a per-channel threshold needs a positive channel count, got channels={channels!r}")
+        shape = (channels, 1, 1) if self.config.per_channel_threshold else ()
+        # θ = exp(log θ): positive by construction, and Adam moves it by relative steps from any scale.
+        log_threshold = torch.full(shape, math.log(self.config.threshold_init))
+        if self.config.learn_threshold:
+            self.log_threshold = nn.Parameter(log_threshold)
+        else:
+            self.register_buffer("log_threshold", log_threshold)
+        self.int8_state = False
+
+    @property
+    def threshold(self) -> Tensor:
+        """θ, shape ``[]`` or ``[C, 1, 1]``."""
+        return self.log_threshold.exp()
+
+    def use_int8_state(self, enabled: bool = True) -> Self:
+        """Switch to integer inference (int8 state codes, bool spikes, no gradients) or back."""
+        if enabled and not self.config.quantize_membrane:
+            raise ValueError("int8 state needs a quantized membrane (NeuronConfig.quantize_membrane=True)")
+        self.int8_state = enabled
+        return self
+
+    def init_state(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+        """A fresh (all-zero) state of shape ``[B, C, H, W]``: int8 in integer inference, else ``dtype``."""
+        if len(shape) != 4:
+            raise ValueError(f"a neuron state has shape [B, C, H, W], got {tuple(shape)}")
+        return torch.zeros(shape, dtype=torch.int8 if self.int8_state else dtype, device=device)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.dim() not in (4, 5) or not x.is_floating_point():
+            raise ValueError(f"IntegerLIF expects a float [T, B, C, H, W] or [B, C, H, W] input, got "
+                             f"{x.dtype} {tuple(x.shape)}")
+        if self.config.per_channel_threshold and x.shape[-3] != self.channels:
+            raise ValueError(f"IntegerLIF has {self.channels} channels, input has {x.shape[-3]}")
+        steps = x if x.dim() == 5 else x.unsqueeze(0)  # [T, B, C, H, W]
+        state = self._checked_state(state, steps)
+        current = steps / self.threshold  # [T, B, C, H, W], in θ units
+        if self.int8_state:
+            spikes, state = self._run_int8(current, state)
+        else:
+            spikes, state = self._run(current, state)
+        return (spikes if x.dim() == 5 else spikes[0]), state
+
+    def _checked_state(self, state: Tensor | None, steps: Tensor) -> Tensor:
+        expected_dtype = torch.int8 if self.int8_state else steps.dtype
+        if state is None:
+            return self.init_state(steps.shape[1:], device=steps.device, dtype=steps.dtype)
+        if not isinstance(state, Tensor) or state.shape != steps.shape[1:]:
+            raise ValueError(f"state shape {tuple(getattr(state, 'shape', ()))} does not match the input's "
+                             f"[B, C, H, W] = {tuple(steps.shape[1:])}")
+        if state.dtype != expected_dtype:
+            raise ValueError(f"state dtype {state.dtype} does not match this neuron's mode (expected {expected_dtype}"
+                             f"{'; int8 inference is on' if self.int8_state else ''})")
+        return state
+
+    def _run(self, current: Tensor, membrane: Tensor) -> tuple[Tensor, Tensor]:
+        """Differentiable float path: membrane values in θ units."""
+        cfg, theta = self.config, self.threshold
+        spikes = []
+        for t in range(current.shape[0]):
+            u = membrane * cfg.leak + current[t]  # [B, C, H, W]
+            s = spike(u, theta, cfg.surrogate, cfg.surrogate_width)
+            u = u * (1 - s) if cfg.reset == "hard" else u - s
+            membrane = quantize_membrane(u, self.grid, cfg.surrogate_k) if cfg.quantize_membrane else u
+            spikes.append(s)
+        return torch.stack(spikes), membrane
+
+    @torch.no_grad()
+    def _run_int8(self, current: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Integer-state path: the same float operations as :meth:`_run`, so the spikes are bit-identical."""
+        cfg, grid = self.config, self.grid
+        spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)  # [T, B, C, H, W]
+        for t in range(current.shape[0]):
+            u = codes.to(current.dtype)  # level codes -> membrane in θ units
+            if grid.step != 1.0:
+                u.mul_(grid.step)
+            u.mul_(cfg.leak).add_(current[t])
+            fired = torch.gt(u, 1, out=spikes[t])
+            if cfg.reset == "soft":
+                u.sub_(fired.to(u.dtype))
+            codes = grid.codes(u).to(torch.int8)
+            if cfg.reset == "hard":
+                # Q(0) = 0, so zeroing the code equals quantizing the reset membrane (mul: far faster than masked_fill)
+                codes.mul_(fired.logical_not())
+        return spikes, codes
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        grid = f"[{cfg.lb}, {cfg.ub}] step {cfg.step}" if cfg.quantize_membrane else "fp32"
+        return f"leak={cfg.leak}, membrane={grid}, reset={cfg.reset}, channels={self.channels}"
+
+
+def set_int8_state(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every :class:`IntegerLIF` inside ``module`` to (or from) integer inference; returns ``module``."""
+    for child in module.modules():
+        if isinstance(child, IntegerLIF):
+            child.use_int8_state(enabled)
+    return module
