@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch's OpenMP threads busy-wait by default, which slows everything several-fold on a shared 2-core machine.
+export OMP_WAIT_POLICY := PASSIVE
 export YOLO_OFFLINE := 1
 export YOLO_VERBOSE := False
 export YOLO_AUTOINSTALL := False

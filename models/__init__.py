@@ -1,0 +1,1 @@
+"""Networks only: integer LIF neurons, quantizers, surrogate gradients and spiking blocks (import the submodules)."""
