@@ -11,7 +11,7 @@ export YOLO_VERBOSE := False
 export YOLO_AUTOINSTALL := False
 export YOLO_CONFIG_DIR := $(CURDIR)/.ultralytics
 
-.PHONY: install test test-slow lint demo bench clean
+.PHONY: install test test-slow lint demo bench bench-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 demo: $(STAMP)
-	$(BIN)/spquant info data/samples/street_td.dat
-	$(BIN)/spquant info data/samples/street_bbox.npy
+	$(BIN)/spquant serve --host 127.0.0.1 --port 8000
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/events.py

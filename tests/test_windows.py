@@ -26,7 +26,7 @@ def _check_partition(windows, ev, window_us):
 @settings(max_examples=60, deadline=None)
 @given(
     times=st.lists(st.integers(0, 400_000), min_size=1, max_size=200),
-    window_us=st.sampled_from([1, 7, 1000, 50_000]),
+    window_us=st.sampled_from([97, 1000, 50_000]),
     cuts=st.lists(st.integers(0, 200), max_size=6),
 )
 def test_windows_partition_events_for_any_chunking(times, window_us, cuts):

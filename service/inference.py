@@ -1,0 +1,159 @@
+"""The loaded detector behind the service: worker threads that run :class:`models.stream.StreamingDetector`.
+
+Every window of every request and stream goes through ``StreamingDetector.step`` — the code path of ``spquant
+predict`` and ``eval`` — on a worker thread, never on the event loop. The model is only read; each caller owns its
+state, so requests and sessions never share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from data.errors import EventValidationError
+from data.events import validate_events
+from data.windows import iter_windows
+from models.detector import SpikingYOLO
+from models.quant import LevelGrid, QuantConv2d
+from models.state import state_nbytes
+from models.stream import StreamingDetector
+from service.errors import PayloadTooLargeError
+from service.metrics import Metrics
+from service.schemas import window_json
+
+T = TypeVar("T")
+
+
+class DetectionEngine:
+    """One model, shared read-only by every request and session, and the threads that run it."""
+
+    def __init__(self, model: SpikingYOLO, path: Path, threads: int, metrics: Metrics) -> None:
+        self.model = model.eval()
+        self.path = path
+        self.config = model.config
+        self.class_names = list(self.config.class_names)
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="spquant-infer")
+        self._info = _describe(model, path)
+
+    @property
+    def window_us(self) -> int:
+        """Window length Δ in µs."""
+        return self.config.window_us
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` reports."""
+        return self._info
+
+    def detector(self, width: int, height: int, score_threshold: float) -> StreamingDetector:
+        """A streaming detector for a ``width`` × ``height`` sensor (letterboxed into the model input)."""
+        return StreamingDetector(self.model, conf_thres=score_threshold, sensor_size=(width, height))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on an inference thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def step(self, detector: StreamingDetector, events: np.ndarray, t_start: int, state: Any) -> tuple[
+            np.ndarray, Any]:
+        """One window of one stream, on an inference thread; returns (boxes, new state)."""
+        return await self.call(self._timed_step, detector, events, t_start, state)
+
+    def _timed_step(self, detector: StreamingDetector, events: np.ndarray, t_start: int, state: Any) -> tuple[
+            np.ndarray, Any]:
+        start = time.perf_counter()
+        out = detector.step(events, t_start, state)
+        self.metrics.inference_seconds.observe(time.perf_counter() - start)
+        return out
+
+    def detect(self, detector: StreamingDetector, chunks: Iterable[np.ndarray], max_events: int,
+               max_windows: int) -> tuple[int, list[dict[str, Any]]]:
+        """Every window of an event stream with a fresh state (blocking; run it through :meth:`call`).
+
+        Returns (number of events, window dicts). Raises :class:`EventValidationError` for events off the sensor,
+        unsorted or negative timestamps or a span of more than ``max_windows``, :class:`PayloadTooLargeError` for more
+        than ``max_events`` events.
+        """
+        counter = _CheckedChunks(chunks, detector.letterbox.sensor_width, detector.letterbox.sensor_height,
+                                 max_events, max_windows, detector.window_us)
+        windows = []
+        for window, boxes in detector.run(iter_windows(counter, detector.window_us)):
+            windows.append(window_json(window.t_start, window.t_end, boxes, self.class_names))
+        self.metrics.windows.labels(source="rest").inc(len(windows))
+        return counter.events, windows
+
+    def close(self) -> None:
+        """Stop the worker threads (after the running calls finish)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _CheckedChunks:
+    """Event chunks validated against the sensor and the request limits while they are consumed."""
+
+    def __init__(self, chunks: Iterable[np.ndarray], width: int, height: int, max_events: int, max_windows: int,
+                 window_us: int) -> None:
+        self.chunks, self.width, self.height = chunks, width, height
+        self.max_events, self.max_windows, self.window_us = max_events, max_windows, window_us
+        self.events = 0
+        self._first_window: int | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for chunk in self.chunks:
+            validate_events(chunk, self.width, self.height)
+            if not len(chunk):
+                continue
+            self.events += len(chunk)
+            if self.events > self.max_events:
+                raise PayloadTooLargeError(f"more than {self.max_events} events in one request; split the recording "
+                                    f"or stream it through /v1/stream")
+            if self._first_window is None:
+                self._first_window = int(chunk["t"][0]) // self.window_us
+            check_span(self._first_window, int(chunk["t"][-1]), self.window_us, self.max_windows)
+            yield chunk
+
+
+def check_span(first_window: int, t_last: int, window_us: int, max_windows: int) -> None:
+    """Refuse timestamps that would open more than ``max_windows`` windows from ``first_window`` on."""
+    span = t_last // window_us - first_window + 1
+    if span > max_windows:
+        raise EventValidationError(
+            f"timestamp jump: t={t_last} µs lies {span} windows of {window_us} µs after the first open window; at "
+            f"most {max_windows} are accepted at once"
+        )
+
+
+def _describe(model: SpikingYOLO, path: Path) -> dict[str, Any]:
+    cfg = model.config
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    weight_bits = {id(m.weight): m.quant.weight_bits for m in convs if isinstance(m, QuantConv2d)}
+    params = list(model.parameters())
+    weight_bytes = sum(-(-p.numel() * weight_bits.get(id(p), 32) // 8) for p in params)
+    height, width = cfg.padded_size
+    with torch.inference_mode():
+        _, state = model(torch.zeros(cfg.bins, 1, 2, height, width, dtype=torch.uint8))
+    neuron = cfg.neuron()
+    levels = LevelGrid(neuron.lb, neuron.ub, neuron.step).levels() if neuron.quantize_membrane else []
+    return {
+        "path": str(path),
+        "variant": cfg.variant,
+        "scale": cfg.scale,
+        "classes": list(cfg.class_names),
+        "time_bins": cfg.bins,
+        "window_us": cfg.window_us,
+        "input_width": cfg.input_width,
+        "input_height": cfg.input_height,
+        "weight_bits": cfg.weight_bits,
+        "first_layer_bits": cfg.first_layer_bits,
+        "membrane_levels": levels,
+        "conv_layers": len(convs),
+        "channels": sum(m.out_channels for m in convs),
+        "params": sum(p.numel() for p in params),
+        "weight_bytes": weight_bytes,
+        "state_bytes_per_stream": state_nbytes(state),
+    }

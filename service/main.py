@@ -1,0 +1,77 @@
+"""The app factory: ``create_app(settings)``; the lifespan loads the model once and stops the workers at exit.
+
+Run it with ``spquant serve`` or ``uvicorn --factory service.main:create_app`` (settings from ``SPQUANT_*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from data.errors import EventDataError
+from models.bundled import default_model_path
+from models.checkpoint import load_detector
+from service.errors import ServiceError
+from service.inference import DetectionEngine
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.routers import demo, detect, health, metrics, model, stream
+from service.sessions import SessionRegistry
+from service.settings import Settings
+
+DESCRIPTION = """Object detection (cars, pedestrians) on event-camera data with a quantized spiking network.
+
+* `POST /v1/detect`: a batch of events (DAT records, JSON columns or a `.dat`/`.raw` upload) → detections per window.
+* `WS /v1/stream`: a live stream; one detection message per window, state kept per session.
+* `GET /`: a demo page that plays a recording through the stream.
+
+Windows are `[kΔ, (k+1)Δ)` in the recording's time base, the same in every entry point. Licensed AGPL-3.0-or-later:
+the source of this service is available to its users.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app for ``settings`` (default: from the environment). The model loads when the app starts."""
+    settings = settings or Settings.from_env()
+    app_metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        path = settings.model or default_model_path()
+        detector = await asyncio.to_thread(load_detector, path)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(settings.torch_threads)
+        app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics)
+        try:
+            yield
+        finally:
+            app.state.engine.close()
+            torch.set_num_threads(torch_threads)
+
+    app = FastAPI(title="spquant detection service", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
+                  license_info={"name": "AGPL-3.0-or-later", "identifier": "AGPL-3.0-or-later"})
+    app.state.settings = settings
+    app.state.metrics = app_metrics
+    app.state.sessions = SessionRegistry(settings.max_sessions, app_metrics)
+    for module in (health, model, detect, stream, metrics, demo):
+        app.include_router(module.router)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(EventDataError, _event_data_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app_metrics)
+    return app
+
+
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+async def _event_data_error(_: Request, exc: Exception) -> JSONResponse:
+    # Invalid events or recordings (off the sensor, unsorted, foreign files): the client's data, so 422.
+    return JSONResponse({"detail": str(exc)}, status_code=422)
