@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from torch import nn
 from tqdm import tqdm
 
 from app.evaluator import evaluate_split
@@ -25,7 +29,7 @@ from data.gen1 import list_recordings
 from data.representation import StackedHistogram
 from data.sequences import SequenceStreams
 from models.checkpoint import read_checkpoint, save_checkpoint
-from models.detector import DetectorConfig, build_detector
+from models.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.loss import DetectionLoss, select_images
 from models.state import detach_state, reset_state
 from models.ultralytics_parts import ModelEMA
@@ -49,16 +53,50 @@ def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
     )
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.is_initialized():
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(name)
 
 
-class Trainer:
-    """Train a detector from a validated config dict (see ``app/cfg/default.yaml``)."""
+def _init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); joins the process group when launched by torchrun with several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
-    def __init__(self, config: dict[str, Any], progress: bool = True) -> None:
+
+class _Unroll(nn.Module):
+    """The ``L``-window unroll of a batch as one forward call (DistributedDataParallel wants one per backward)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, reset: torch.Tensor, state: Any) -> tuple[list[Any], Any]:
+        # x [L, B, T, 2, H, W]; reset [L, B] bool
+        outputs = []
+        for i in range(x.shape[0]):
+            if state is not None and bool(reset[i].any()):
+                state = reset_state(state, reset[i])
+            out, state = self.model(x[i].transpose(0, 1), state)  # input [T, B, 2, H, W]
+            outputs.append(out)
+        return outputs, state
+
+
+class Trainer:
+    """Train a detector from a validated config dict (see ``app/cfg/default.yaml``).
+
+    ``model`` starts from a given detector (its weights and architecture, e.g. a pruned one being fine-tuned) instead
+    of a fresh one built from ``config``; ``on_step(steps_done)`` is called after every optimizer step (schedules such
+    as gradual pruning masks).
+    """
+
+    def __init__(self, config: dict[str, Any], progress: bool = True, model: SpikingYOLO | None = None,
+                 on_step: Callable[[int], None] | None = None) -> None:
         resume = config.get("resume")
         self.resumed: dict[str, Any] | None = None
         if resume:
@@ -69,13 +107,19 @@ class Trainer:
         if not config.get("data"):
             raise ValueError("no training data: pass data=ROOT (a Gen1-layout folder, e.g. from `spquant synth`)")
         self.config = config
-        self.progress = progress
         if config["threads"] > 0:
             torch.set_num_threads(config["threads"])
         torch.manual_seed(config["seed"])
-        self.device = _device(config["device"])
-        self.detector_config = detector_config_from(config)
-        self.model = build_detector(self.detector_config).to(self.device)
+        self.rank, self.world_size, local_rank = _init_distributed()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        self.device = _device(config["device"], local_rank)
+        self.detector_config = model.config if model is not None else detector_config_from(config)
+        self.model = (model if model is not None else build_detector(self.detector_config)).to(self.device)
+        self.on_step = on_step
+        self.unroll: nn.Module = _Unroll(self.model)
+        if self.world_size > 1:
+            self.unroll = nn.parallel.DistributedDataParallel(self.unroll)
         self.loss = DetectionLoss(self.model, config["box_gain"], config["cls_gain"], config["dfl_gain"])
         histogram = StackedHistogram(
             bins=config["bins"],
@@ -93,6 +137,8 @@ class Trainer:
             augmentation,
             BoxFilter(skip_us=-1),  # train on the boxes the protocol scores, from the first window on
             config["seed"],
+            self.rank,
+            self.world_size,
         )
         self.steps_per_epoch = len(self.streams)
         total = max(1, config["epochs"] * self.steps_per_epoch)
@@ -112,13 +158,15 @@ class Trainer:
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress_))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
-        self.ema = (
-            ModelEMA(self.model, decay=config["ema_decay"], tau=max(10, total // 20)) if config["ema_decay"] else None
-        )
+        use_ema = config["ema_decay"] > 0 and self.is_main  # only the main process validates and saves
+        self.ema = ModelEMA(self.model, decay=config["ema_decay"], tau=max(10, total // 20)) if use_ema else None
         self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
         if self.resumed:
             self._restore(self.resumed)
-        self.run_dir = Path(self.resumed["run_dir"]) if self.resumed else self._new_run_dir()
+        if self.resumed:
+            self.run_dir = Path(self.resumed["run_dir"])
+        else:
+            self.run_dir = self._new_run_dir() if self.is_main else Path(config["project"])
 
     def _new_run_dir(self) -> Path:
         name = (
@@ -161,12 +209,9 @@ class Trainer:
         for batch in batches:
             x = torch.from_numpy(batch.inputs).to(self.device)  # [L, B, T, 2, H, W] uint8
             state = detach_state(state)  # truncated BPTT: no gradient into the previous chunk
+            outputs, state = self.unroll(x, torch.from_numpy(batch.reset).to(self.device), state)
             total = torch.zeros((), device=self.device)
-            for i in range(x.shape[0]):
-                reset = torch.from_numpy(batch.reset[i])
-                if state is not None and bool(reset.any()):
-                    state = reset_state(state, reset.to(self.device))
-                preds, state = self.model(x[i].transpose(0, 1), state)  # input [T, B, 2, H, W]
+            for i, preds in enumerate(outputs):
                 selected = np.flatnonzero(batch.labelled[i] & batch.valid[i])
                 if len(selected):
                     index = torch.from_numpy(selected).to(self.device)
@@ -174,6 +219,9 @@ class Trainer:
                     total = total + loss
                     sums[1:] += parts.cpu().numpy() * len(selected)
                     images += len(selected)
+                elif self.world_size > 1:
+                    # every rank must run backward through all parameters, even without labels in its share
+                    total = total + 0.0 * (preds["scores"].sum() + preds["boxes"].sum())
             if total.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
                 (total / x.shape[0] / x.shape[1]).backward()
@@ -183,6 +231,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update(self.model)
             self.scheduler.step()
+            if self.on_step is not None:
+                self.on_step(self.scheduler.last_epoch)
             sums[0] += float(total.detach())
             if images:
                 batches.set_postfix(loss=f"{sums[0] / images:.3f}")
@@ -209,6 +259,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.config["epochs"]):
             start = time.perf_counter()
             losses = self.train_epoch(epoch)
+            if not self.is_main:
+                dist.barrier()  # wait while the main process validates and saves
+                continue
             metrics = self.validate()
             row = {
                 "epoch": epoch + 1,
@@ -225,7 +278,9 @@ class Trainer:
             self.best_fitness = max(self.best_fitness, fitness)
             self._save(epoch, improved, metrics)
             self._write_metrics()
-            if self.progress:
+            if self.world_size > 1:
+                dist.barrier()
+            if self.is_main:
                 print(
                     f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
                     f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"

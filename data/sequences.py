@@ -76,12 +76,19 @@ class SequenceStreams:
         augmentation: Augmentation | None = None,
         box_filter: BoxFilter | None = None,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
         self.histogram = histogram
         self.batch_size, self.seq_len = batch_size, seq_len
         self.augmentation, self.seed = augmentation, seed
+        # Distributed training: all ranks plan the same B·world streams and each takes its own B of them, so every
+        # rank runs the same number of steps.
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        self.rank, self.world_size = rank, world_size
         box_filter = box_filter or BoxFilter(skip_us=-1)
         self.recordings = [_LoadedRecording(r, histogram, box_filter, True) for r in recordings]
 
@@ -102,10 +109,11 @@ class SequenceStreams:
                 else AugmentParams()
             )
             timeline += [(int(r), k, params, k == 0) for k in range(rec.windows)]
-        share = max(1, -(-len(timeline) // (self.batch_size * self.seq_len))) * self.seq_len
+        streams_total = self.batch_size * self.world_size
+        share = max(1, -(-len(timeline) // (streams_total * self.seq_len))) * self.seq_len
         padding = (-1, -1, AugmentParams(), False)
         streams = []
-        for b in range(self.batch_size):
+        for b in range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size):
             part = timeline[b * share : (b + 1) * share]
             if part:
                 part[0] = (*part[0][:3], True)

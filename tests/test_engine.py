@@ -117,7 +117,7 @@ def test_resume_continues_after_the_last_finished_epoch(trained, tmp_path, capsy
         (["train", "epochs=three"], "must be a number"),
         (["train", "epochs=1"], "no training data"),
         (["train", "data=/nonexistent"], "does not exist"),
-        (["eval", "--model", "/nonexistent.pt", "--data", "/x"], "no such checkpoint"),
+        (["eval", "--model", "/nonexistent.pt", "--data", "/x"], "no such"),
         (["predict", "/nonexistent.dat", "--out", "/tmp/x.npy"], "No such file"),
     ],
 )
