@@ -17,6 +17,7 @@ from numba import njit
 from data.errors import EventValidationError, RecordingFormatError
 from data.events import EVENT_DTYPE, empty_events, validate_events
 from data.formats.header import Header, read_header
+from data.formats.stream_decoder import StreamDecoder
 
 DAT_RECORD = np.dtype([("t", "<u4"), ("data", "<u4")])
 _EVENT_TYPES = {0: "Event2D", 12: "EventCD"}
@@ -56,30 +57,13 @@ def encode_dat_records(events: np.ndarray) -> np.ndarray:
     return records
 
 
-class DatStreamDecoder:
-    """Incremental decoder of bare DAT records (no header): feed bytes of any size and alignment, get events.
+class DatStreamDecoder(StreamDecoder):
+    """Incremental decoder of bare DAT records (no header); a record split across chunks is joined."""
 
-    A record split across chunks is held back and joined with the next chunk (same interface as the EVT decoders).
-    """
+    word_dtype = DAT_RECORD
 
-    word_bytes = DAT_RECORD.itemsize
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of an incomplete trailing record held back for the next chunk."""
-        return len(self._pending)
-
-    def decode(self, chunk: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-        """Decode the next chunk of the byte stream into events."""
-        if self._pending:
-            chunk = self._pending + bytes(chunk)
-        data = np.frombuffer(chunk, dtype=np.uint8)  # a view: no copy of the caller's buffer
-        usable = len(data) - len(data) % DAT_RECORD.itemsize
-        self._pending = data[usable:].tobytes()
-        return decode_dat_records(data[:usable].view(DAT_RECORD))
+    def _decode_words(self, words: np.ndarray) -> np.ndarray:
+        return decode_dat_records(words)
 
 
 class DatRecording:

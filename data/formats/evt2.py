@@ -12,9 +12,9 @@ from numba import njit
 
 from data.errors import EventValidationError
 from data.events import EVENT_DTYPE, validate_events
+from data.formats.stream_decoder import StreamDecoder
 from data.formats.timehigh import time_high_schedule
 
-WORD_BYTES = 4
 _TIME_HIGH_BITS = 28
 _DROPPED = 3  # index of the dropped-event counter in the carried state
 
@@ -45,36 +45,24 @@ def _decode_kernel(words: np.ndarray, state: np.ndarray, out: np.ndarray) -> int
     return n
 
 
-class Evt2Decoder:
+class Evt2Decoder(StreamDecoder):
     """Incremental EVT 2.0 decoder: feed bytes in chunks of any size and alignment, get events.
 
     Events before the first TIME_HIGH word have no known time and are dropped (counted in :attr:`dropped`).
     """
 
-    word_bytes = WORD_BYTES
+    word_dtype = np.dtype("<u4")
 
     def __init__(self) -> None:
+        super().__init__()
         self._state = np.zeros(4, np.int64)
-        self._pending = b""
 
     @property
     def dropped(self) -> int:
         """CD events dropped so far because no TIME_HIGH had been seen."""
         return int(self._state[_DROPPED])
 
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of an incomplete trailing word held back for the next chunk."""
-        return len(self._pending)
-
-    def decode(self, chunk: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-        """Decode the next chunk of the byte stream into events."""
-        if self._pending:
-            chunk = self._pending + bytes(chunk)
-        data = np.frombuffer(chunk, dtype=np.uint8)  # a view: no copy of the caller's buffer
-        usable = len(data) - len(data) % WORD_BYTES
-        self._pending = data[usable:].tobytes()
-        words = data[:usable].view("<u4")
+    def _decode_words(self, words: np.ndarray) -> np.ndarray:
         out = np.empty(len(words), dtype=EVENT_DTYPE)
         n = _decode_kernel(words, self._state, out.view(np.uint64).reshape(-1, 2)) if len(words) else 0
         return out[:n]

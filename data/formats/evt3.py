@@ -15,9 +15,9 @@ from numba import njit
 
 from data.errors import EventValidationError
 from data.events import EVENT_DTYPE, validate_events
+from data.formats.stream_decoder import StreamDecoder
 from data.formats.timehigh import time_high_schedule
 
-WORD_BYTES = 2
 _STATE_SIZE = 9
 _DROPPED = 8
 
@@ -81,37 +81,25 @@ def _decode_kernel(words: np.ndarray, state: np.ndarray, out: np.ndarray) -> int
     return n
 
 
-class Evt3Decoder:
+class Evt3Decoder(StreamDecoder):
     """Incremental EVT 3.0 decoder: feed bytes in chunks of any size and alignment, get events.
 
     Events before the first TIME_HIGH / ADDR_Y / VECT_BASE_X they depend on have no known time or address and are
     dropped (counted in :attr:`dropped`).
     """
 
-    word_bytes = WORD_BYTES
+    word_dtype = np.dtype("<u2")
 
     def __init__(self) -> None:
+        super().__init__()
         self._state = np.zeros(_STATE_SIZE, np.int64)
-        self._pending = b""
 
     @property
     def dropped(self) -> int:
         """Events dropped so far because their time or address was not yet known."""
         return int(self._state[_DROPPED])
 
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes of an incomplete trailing word held back for the next chunk."""
-        return len(self._pending)
-
-    def decode(self, chunk: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-        """Decode the next chunk of the byte stream into events."""
-        if self._pending:
-            chunk = self._pending + bytes(chunk)
-        data = np.frombuffer(chunk, dtype=np.uint8)  # a view: no copy of the caller's buffer
-        usable = len(data) - len(data) % WORD_BYTES
-        self._pending = data[usable:].tobytes()
-        words = data[:usable].view("<u2")
+    def _decode_words(self, words: np.ndarray) -> np.ndarray:
         out = np.empty(_capacity(words) if len(words) else 0, dtype=EVENT_DTYPE)
         # The kernel runs even when no event can come out: the words still update the carried state.
         n = _decode_kernel(words, self._state, out.view(np.uint64).reshape(-1, 2)) if len(words) else 0

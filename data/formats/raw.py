@@ -14,8 +14,9 @@ from data.events import concat_events, empty_events, validate_events
 from data.formats.evt2 import Evt2Decoder, encode_evt2
 from data.formats.evt3 import Evt3Decoder, encode_evt3
 from data.formats.header import Header, read_header
+from data.formats.stream_decoder import StreamDecoder
 
-DECODERS: dict[str, type[Evt2Decoder] | type[Evt3Decoder]] = {"evt2": Evt2Decoder, "evt3": Evt3Decoder}
+DECODERS: dict[str, type[StreamDecoder]] = {"evt2": Evt2Decoder, "evt3": Evt3Decoder}
 _ENCODERS = {"evt2": encode_evt2, "evt3": encode_evt3}
 _WHOLE_FILE_BYTES = 1 << 30  # read() decodes files up to this size in one pass
 # Sensor geometry implied by the HAL plugin when the header has no geometry (most specific name first).
@@ -80,7 +81,7 @@ class RawRecording:
             )
         self.data_offset = self.header.size
         payload = self.path.stat().st_size - self.data_offset
-        word = DECODERS[self.format].word_bytes
+        word = DECODERS[self.format].word_dtype.itemsize
         if payload % word:
             raise RecordingFormatError(
                 f"{self.path}: truncated {self.format.upper()} file ({payload % word} trailing bytes after the last "
