@@ -1,13 +1,15 @@
 """Streaming detection: one window at a time, state carried — the single code path of eval, predict and the service.
 
 ``StreamingDetector.step(events, t_start, state) -> (detections, state)`` turns one window of sensor events into
-boxes in the sensor's coordinates, stamped with the window's end time; ``run`` does it for a whole recording.
+boxes in the sensor's coordinates, stamped with the window's end time; ``run`` does it for a whole recording. The
+model is anything with a ``config`` and ``model(x, state) -> (y, state)``: the trained (fake-quant or FP32)
+:class:`~models.detector.SpikingYOLO` or the integer :class:`~models.runtime.Runtime`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -16,8 +18,16 @@ from data.formats.labels import BBOX_DTYPE
 from data.geometry import Letterbox
 from data.representation import StackedHistogram
 from data.windows import Window
-from models.detector import SpikingYOLO
+from models.detector import DetectorConfig
 from models.ultralytics_parts import non_max_suppression
+
+
+class StreamModel(Protocol):
+    """What a streaming detector runs: ``model(x [T, B, 2, H, W], state) -> ([B, 4 + nc, anchors], state)``."""
+
+    config: DetectorConfig
+
+    def __call__(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]: ...
 
 
 class StreamingDetector:
@@ -28,13 +38,13 @@ class StreamingDetector:
 
     def __init__(
         self,
-        model: SpikingYOLO,
+        model: StreamModel,
         conf_thres: float = 0.25,
         iou_thres: float = 0.6,
         max_det: int = 100,
         sensor_size: tuple[int, int] | None = None,
     ) -> None:
-        self.model = model.eval()
+        self.model = model.eval() if isinstance(model, torch.nn.Module) else model
         cfg = model.config
         self.histogram = StackedHistogram(
             bins=cfg.bins, window_us=cfg.window_us, height=cfg.input_height, width=cfg.input_width, cutoff=cfg.cutoff
@@ -56,16 +66,22 @@ class StreamingDetector:
         """A fresh state (created lazily by the first step)."""
         return None
 
-    @torch.inference_mode()
     def step(self, events: np.ndarray, t_start: int, state: Any = None) -> tuple[np.ndarray, Any]:
         """Detect in the window ``[t_start, t_start + Δ)`` of sensor ``events``; returns label-dtype boxes."""
         counts = self.histogram(self.letterbox.map_events(events), t_start)  # [T, 2, H, W] uint8
-        x = torch.from_numpy(counts).unsqueeze(1)  # [T, 1, 2, H, W]
+        dets, state = self.detect(counts, state)
+        return self._to_boxes(dets, t_start + self.window_us), state
+
+    @torch.inference_mode()
+    def detect(self, counts: np.ndarray | torch.Tensor, state: Any = None) -> tuple[np.ndarray, Any]:
+        """Network and NMS on one window's ``[T, 2, H, W]`` histogram: ``[n, 6]`` rows ``x1, y1, x2, y2, score,
+        class`` in input pixels, and the new state."""
+        x = torch.as_tensor(counts).unsqueeze(1)  # [T, 1, 2, H, W]
         y, state = self.model(x, state)  # [1, 4 + nc, anchors]
         (dets,) = non_max_suppression(
             y, conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det, nc=y.shape[1] - 4
         )  # [n, 6]: x1, y1, x2, y2, score, class
-        return self._to_boxes(dets.numpy(), t_start + self.window_us), state
+        return dets.numpy(), state
 
     def run(self, windows: Iterable[Window], state: Any = None) -> Iterator[tuple[Window, np.ndarray]]:
         """Detections of every window, in order, with the state carried from one window to the next."""

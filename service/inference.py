@@ -128,15 +128,24 @@ def check_span(first_window: int, t_last: int, window_us: int, max_windows: int)
         )
 
 
-def _describe(model: SpikingYOLO, path: Path) -> dict[str, Any]:
+def _describe(model: Any, path: Path) -> dict[str, Any]:
     cfg = model.config
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    weight_bits = {id(m.weight): m.quant.weight_bits for m in convs if isinstance(m, QuantConv2d)}
-    params = list(model.parameters())
-    weight_bytes = sum(-(-p.numel() * weight_bits.get(id(p), 32) // 8) for p in params)
-    height, width = cfg.padded_size
-    with torch.inference_mode():
-        _, state = model(torch.zeros(cfg.bins, 1, 2, height, width, dtype=torch.uint8))
+    if hasattr(model, "summary"):  # an exported integer runtime knows its own sizes
+        sizes = {k: v for k, v in model.summary().items() if k != "state_bytes_per_stream_packed"}
+    else:
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        weight_bits = {id(m.weight): m.quant.weight_bits for m in convs if isinstance(m, QuantConv2d)}
+        params = list(model.parameters())
+        height, width = cfg.padded_size
+        with torch.inference_mode():
+            _, state = model(torch.zeros(cfg.bins, 1, 2, height, width, dtype=torch.uint8))
+        sizes = {
+            "conv_layers": len(convs),
+            "channels": sum(m.out_channels for m in convs),
+            "params": sum(p.numel() for p in params),
+            "weight_bytes": sum(-(-p.numel() * weight_bits.get(id(p), 32) // 8) for p in params),
+            "state_bytes_per_stream": state_nbytes(state),
+        }
     neuron = cfg.neuron()
     levels = LevelGrid(neuron.lb, neuron.ub, neuron.step).levels() if neuron.quantize_membrane else []
     return {
@@ -151,9 +160,5 @@ def _describe(model: SpikingYOLO, path: Path) -> dict[str, Any]:
         "weight_bits": cfg.weight_bits,
         "first_layer_bits": cfg.first_layer_bits,
         "membrane_levels": levels,
-        "conv_layers": len(convs),
-        "channels": sum(m.out_channels for m in convs),
-        "params": sum(p.numel() for p in params),
-        "weight_bytes": weight_bytes,
-        "state_bytes_per_stream": state_nbytes(state),
+        **sizes,
     }

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from data.errors import EventDataError
 from models.bundled import default_model_path
-from models.checkpoint import load_detector
+from models.loading import load_model
 from service.errors import ServiceError
 from service.inference import DetectionEngine
 from service.metrics import Metrics
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         path = settings.model or default_model_path()
-        detector = await asyncio.to_thread(load_detector, path)
+        detector = await asyncio.to_thread(load_model, path)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(settings.torch_threads)
         app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics)

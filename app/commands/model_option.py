@@ -6,17 +6,20 @@ import argparse
 from pathlib import Path
 
 from models.bundled import default_model_path
-from models.checkpoint import load_detector
 from models.detector import SpikingYOLO
+from models.loading import load_model as load_model_file
+from models.runtime import Runtime
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--model``."""
     parser.add_argument(
-        "--model", type=Path, default=None, help="detector checkpoint (.pt from `spquant train`); default: bundled"
+        "--model", type=Path, default=None,
+        help="detector: a checkpoint (.pt from `spquant train`) or an exported integer model (.spq from `spquant "
+             "export`); default: bundled",
     )
 
 
-def load_model(args: argparse.Namespace) -> SpikingYOLO:
+def load_model(args: argparse.Namespace) -> SpikingYOLO | Runtime:
     """The detector named by ``--model`` (or the bundled one), in eval mode."""
-    return load_detector(args.model if args.model is not None else default_model_path())
+    return load_model_file(args.model if args.model is not None else default_model_path())

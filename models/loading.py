@@ -1,0 +1,28 @@
+"""Load a detector from a training checkpoint (``.pt``) or an exported integer model (``.spq``).
+
+The kind is read from the file's first bytes, not its name: a checkpoint is a zip archive (``torch.save``), an
+exported model has the safetensors layout. Both results run behind :class:`~models.stream.StreamingDetector`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from models.checkpoint import load_detector
+from models.detector import SpikingYOLO
+from models.export import is_spq
+from models.runtime import Runtime
+
+
+def load_model(path: str | os.PathLike[str]) -> SpikingYOLO | Runtime:
+    """The detector stored at ``path``, in eval mode (a :class:`Runtime` for an exported model).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError, ExportFormatError: (both ``ValueError``) a file of neither kind, corrupt, or another version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    return Runtime.load(path) if is_spq(path) else load_detector(path)

@@ -1,0 +1,401 @@
+"""The integer runtime: runs an exported ``.spq`` model window by window with int8 membrane state.
+
+``Runtime.load(path)`` rebuilds the network from the file alone (no training code, no checkpoint). Per window,
+``runtime(x, state) -> (head_output, state)`` has the interface of :class:`~models.detector.SpikingYOLO` in eval
+mode, so :class:`~models.stream.StreamingDetector` runs either; ``runtime.step(...)`` adds the input
+representation and NMS.
+
+What is integer (see :mod:`models.export` for the arithmetic): every conv accumulates integer weight codes over
+integer inputs (event counts, binary spikes); BN, weight scales and θ are per-channel fixed-point
+``(multiplier, shift, bias)`` maps in int64; residual and FPN sums are int64 adds; the LIF is adds, shifts,
+comparisons and clamps on int64 with int8 membrane codes, spikes are 0/1. What is float: the conv accumulation runs
+as a float32 GEMM (PyTorch has no integer CPU conv) whose every partial sum is an integer below 2^24 and hence
+exact — bit-identical to int32 accumulation; and the ultralytics Detect head (DFL box decoding, sigmoid scores),
+which reads the firing rates ``spike count / T``, stays float32 as in the trained model.
+
+Speed: the LIF (all T steps of a neuron in registers) and the requantization run as compiled numba loops, and the
+first conv runs event-driven (work ∝ events) when the histogram is sparse; ``runtime.fast = False`` computes the same
+integers with PyTorch ops (the reference the tests compare against, and what the ONNX export traces).
+
+Thread-safe for independent states: the module is only read, every call returns a new state, and the compiled
+kernels release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor, nn
+
+from models.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.export import ExportFormatError, fold, read_spq, unpack_codes
+from models.stream import StreamingDetector
+
+State = dict[str, Tensor]
+SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven first conv
+
+
+def _channel(values: np.ndarray) -> Tensor:
+    """Per-channel int64 constants ``[C]`` → ``[C, 1, 1]`` (broadcast over ``[..., C, h, w]``)."""
+    return torch.from_numpy(np.asarray(values, dtype=np.int64)).view(-1, 1, 1)
+
+
+class FixedPointMap(nn.Module):
+    """A per-channel fixed-point affine map ``(x·M + R) >> s`` on integers (``x`` may be float32 holding integers)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], name: str) -> None:
+        super().__init__()
+        self.register_buffer("multiplier", _channel(tensors[f"{name}.multiplier"]))
+        self.register_buffer("bias", _channel(tensors[f"{name}.bias"]))
+        self.register_buffer("shift", _channel(tensors[f"{name}.shift"]))
+        self.register_buffer("divisor", torch.ones_like(self.shift) << self.shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # ``>> s`` as a floor division by 2^s: the same integers, and ONNX has no arithmetic shift of signed ints
+        return torch.div(x.to(torch.int64) * self.multiplier + self.bias, self.divisor, rounding_mode="floor")
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(M, R, s)`` as int64 ``[C]`` arrays for the compiled kernels."""
+        return self.multiplier.view(-1).numpy(), self.bias.view(-1).numpy(), self.shift.view(-1).numpy()
+
+
+class IntConv(nn.Module):
+    """Integer conv: 0/1 spikes or counts ``[N, Cin, H, W]`` → accumulators ``[N, Cout, h, w]``, plus its output map.
+
+    The accumulators are float32 holding exact integers (integer codes times integer inputs, every partial sum below
+    2^24: PyTorch has no integer CPU conv, and this is bit-identical to int32 accumulation). ``map`` turns them into
+    ``Q(F)`` currents: real units, or θ units of the one LIF that reads them.
+    """
+
+    def __init__(self, spec: dict[str, Any], tensors: dict[str, np.ndarray], name: str) -> None:
+        super().__init__()
+        shape = (spec["out_channels"], spec["in_channels"], *spec["kernel"])
+        codes = unpack_codes(tensors[f"{name}.weight"], spec["bits"], int(np.prod(shape)))
+        self.register_buffer("weight", torch.from_numpy(codes.reshape(shape).astype(np.float32)))
+        self.map = FixedPointMap(tensors, name)
+        self.stride, self.padding = tuple(spec["stride"]), tuple(spec["padding"])
+        self.square = shape[2] == shape[3] and len(set(self.stride)) == 1 and len(set(self.padding)) == 1
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the output for an input of ``height`` × ``width``."""
+        k = self.weight.shape[-2:]
+        return tuple((n + 2 * p - kk) // s + 1 for n, p, kk, s in zip((height, width), self.padding, k, self.stride,
+                                                                        strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.conv2d(x, self.weight, None, self.stride, self.padding)
+
+    def sparse(self, x: Tensor) -> Tensor:
+        """:meth:`forward` event-driven (work ∝ non-zero inputs); for square kernels, equal strides and padding."""
+        h, w = self.output_size(*x.shape[-2:])
+        out = torch.zeros((x.shape[0], self.weight.shape[0], h, w), dtype=torch.float32)
+        _scatter_conv_kernel(x.contiguous().numpy(), self.weight.numpy(), self.stride[0], self.padding[0], out.numpy())
+        return out
+
+
+class IntLIF(nn.Module):
+    """Integer LIF: input ``[T, B, C, h, w]`` through a fixed-point map to ``Q(F)`` θ-unit currents, int8 codes
+    ``[B, C, h, w]`` → 0/1 spikes (float32, the next conv's input) and new codes.
+
+    The map is the producing conv's (θ folded in) for a LIF fed by one conv, or the LIF's own ``1/θ`` map
+    (:attr:`map`) for one reading a shared real-valued current.
+    """
+
+    def __init__(self, spec: dict[str, Any], tensors: dict[str, np.ndarray], name: str, frac_bits: int) -> None:
+        super().__init__()
+        self.channels = spec["channels"]
+        self.map = FixedPointMap(tensors, name) if spec["input"] == "stream" else None
+        self.one = 1 << frac_bits  # the threshold, in θ units
+        self.leak_shift = spec["leak_shift"]
+        self.step_shift = spec["step_shift"]
+        self.low, self.high = spec["code_min"] << self.step_shift, spec["code_max"] << self.step_shift
+        self.half = 1 << (self.step_shift - 1)
+        self.hard_reset = spec["reset"] == "hard"
+
+    def forward(self, x: Tensor, codes: Tensor, input_map: FixedPointMap) -> tuple[Tensor, Tensor]:
+        # Shifts written as multiplications and floor divisions by powers of two (exportable to ONNX).
+        current = input_map(x)
+        spikes = []
+        for t in range(current.shape[0]):
+            u = current[t] if self.leak_shift is None else current[t] + codes.to(torch.int64) * (1 << self.leak_shift)
+            fired = u > self.one
+            spikes.append(fired.to(torch.float32))
+            if not self.hard_reset:
+                u = u - fired.to(torch.int64) * self.one
+            level = torch.div(u.clamp(self.low, self.high) + self.half, 1 << self.step_shift, rounding_mode="floor")
+            codes = level.to(torch.int8)
+            if self.hard_reset:
+                codes = codes.masked_fill(fired, 0)
+        return torch.stack(spikes), codes
+
+    def fused(self, x: Tensor, codes: Tensor, input_map: FixedPointMap) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` in one compiled pass over the neurons (same integers, no temporaries)."""
+        t, b, c = x.shape[:3]
+        spikes = torch.empty(x.shape, dtype=torch.float32)
+        new = codes.clone()
+        _lif_kernel(x.reshape(t, b, c, -1).numpy(), *input_map.arrays(), new.view(b, c, -1).numpy(),
+                    spikes.view(t, b, c, -1).numpy(), self.one, -1 if self.leak_shift is None else self.leak_shift,
+                    self.low, self.high, self.half, self.step_shift, self.hard_reset)
+        return spikes, new
+
+
+@njit(cache=True, nogil=True)
+def _lif_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray, codes: np.ndarray,
+                spikes: np.ndarray, one: int, leak_shift: int, low: int, high: int, half: int, step_shift: int,
+                hard: bool) -> None:  # pragma: no cover - compiled
+    # x [T, B, C, P] (float32 accumulators or int64 Q(F) currents); codes [B, C, P] int8, updated in place;
+    # spikes [T, B, C, P] float32 out. Branch-free inner loop over positions, so LLVM vectorizes it.
+    steps, batch, channels, positions = x.shape
+    level = np.empty(positions, dtype=np.int64)
+    for b in range(batch):
+        for c in range(channels):
+            m, r, s = mult[c], bias[c], shift[c]
+            for p in range(positions):
+                level[p] = codes[b, c, p]
+            for t in range(steps):
+                xt, st = x[t, b, c], spikes[t, b, c]
+                for p in range(positions):
+                    u = (np.int64(xt[p]) * m + r) >> s
+                    if leak_shift >= 0:
+                        u += level[p] << leak_shift
+                    fired = u > one
+                    st[p] = np.float32(fired)
+                    if not hard:
+                        u -= one * fired
+                    code = (min(max(u, low), high) + half) >> step_shift
+                    level[p] = 0 if (hard and fired) else code
+            for p in range(positions):
+                codes[b, c, p] = level[p]
+
+
+@njit(cache=True, nogil=True)
+def _scatter_conv_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+                         out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # Event-driven conv for sparse integer input: x [N, Cin, H, W] float32, weight [Cout, Cin, k, k] float32
+    # (integer codes), out [N, Cout, h, w] float32 zeroed by the caller; each non-zero input adds its weights to the
+    # outputs it reaches. Same integers as the GEMM (exact below 2^24).
+    cout, k = weight.shape[0], weight.shape[2]
+    height, width = out.shape[2], out.shape[3]
+    for n in range(x.shape[0]):
+        for ci in range(x.shape[1]):
+            for y in range(x.shape[2]):
+                for xx in range(x.shape[3]):
+                    v = x[n, ci, y, xx]
+                    if v == 0:
+                        continue
+                    for ky in range(k):
+                        oy = y + padding - ky
+                        if oy < 0 or oy % stride or oy // stride >= height:
+                            continue
+                        for kx in range(k):
+                            ox = xx + padding - kx
+                            if ox < 0 or ox % stride or ox // stride >= width:
+                                continue
+                            for co in range(cout):
+                                out[n, co, oy // stride, ox // stride] += v * weight[co, ci, ky, kx]
+
+
+@njit(cache=True, nogil=True)
+def _map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray,
+                out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # x [N, C, P] float32 accumulators → out [N, C, P] int64 Q(F) currents
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            m, r, s = mult[c], bias[c], shift[c]
+            xc, oc = x[n, c], out[n, c]
+            for p in range(x.shape[2]):
+                oc[p] = (np.int64(xc[p]) * m + r) >> s
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")
+
+
+class Runtime(nn.Module):
+    """An exported integer detector: ``runtime(x, state) -> (y, state)``, ``init_state()``, ``step(...)``.
+
+    ``x`` is ``[T, B, 2, H, W]`` counts (uint8 from the histogram); ``state`` a flat dict ``{lif name: int8 [B, C,
+    h, w]}`` (membrane level codes) or None for a fresh one; ``y`` is ``[B, 4 + nc, anchors]`` as the trained
+    model gives in eval mode.
+    """
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, np.ndarray], source: Path | None = None) -> None:
+        super().__init__()
+        try:
+            self.config = DetectorConfig.from_dict(meta["detector"])
+            self.graph = meta["graph"]
+            self.convs = nn.ModuleDict({_key(n): IntConv(s, tensors, n) for n, s in meta["convs"].items()})
+            self.lifs = nn.ModuleDict({_key(n): IntLIF(s, tensors, n, meta["frac_bits"])
+                                       for n, s in meta["lifs"].items()})
+            # The head is built by the detector's own code from the config (hidden widths of a pruned head, head_bits)
+            self.head = build_detector(self.config).head
+            self.head.load_state_dict({k[5:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("head.")})
+            self.head.stride = torch.tensor(self.graph["head"]["strides"], dtype=torch.float32)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            where = f"{source}: " if source else ""
+            raise ExportFormatError(f"{where}inconsistent integer model ({type(exc).__name__}: {exc})") from exc
+        self.requires_grad_(False)
+        self.eval()
+        self.source = source
+        self.state_shapes = self._state_shapes(*self.config.padded_size)
+        self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
+        # Compiled kernels for the LIF and requantization (one pass, no temporaries); False: the same integer
+        # arithmetic as PyTorch ops (the reference, and what ONNX export traces).
+        self.fast = True
+
+    def summary(self) -> dict[str, int]:
+        """Size figures: conv layers, their output channels, parameters (weight codes + head) and stored bytes."""
+        convs = [*self.convs.values(), *(m for m in self.head.modules() if isinstance(m, nn.Conv2d))]
+        codes = sum(c.weight.numel() for c in self.convs.values())
+        return {
+            "conv_layers": len(convs),
+            "channels": sum(c.weight.shape[0] for c in convs),
+            "params": codes + sum(p.numel() for p in self.head.parameters()),
+            "weight_bytes": self.weight_nbytes,
+            "state_bytes_per_stream": self.state_nbytes(),
+            "state_bytes_per_stream_packed": self.state_nbytes(packed=True),
+        }
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """The runtime of an exported ``.spq`` file (see :func:`models.export.read_spq` for the errors)."""
+        meta, tensors = read_spq(path)
+        return cls(meta, tensors, Path(path))
+
+    @classmethod
+    def from_model(cls, model: SpikingYOLO) -> Self:
+        """Fold a trained detector in memory (what ``export`` then ``load`` gives, without the file)."""
+        return cls(*fold(model))
+
+    def _acc(self, name: str, x: Tensor, events: bool = False) -> Tensor:
+        """Conv accumulators ``[T, B, C, H, W]`` → ``[T, B, C', h, w]`` (time folded into the batch: one GEMM).
+
+        ``events``: the input is the event histogram; where at most :data:`SPARSE_INPUT` of it is non-zero, the
+        event-driven conv gives the same integers for far less work.
+        """
+        conv = self.convs[_key(name)]
+        flat = x.flatten(0, 1)
+        if self.fast and events and conv.square and torch.count_nonzero(flat) <= SPARSE_INPUT * flat.numel():
+            return conv.sparse(flat).unflatten(0, x.shape[:2])
+        return conv(flat).unflatten(0, x.shape[:2])
+
+    def _current(self, name: str, x: Tensor) -> Tensor:
+        """Conv → its map: a real-valued ``Q(F)`` current ``[T, B, C', h, w]`` int64."""
+        conv = self.convs[_key(name)]
+        acc = conv(x.flatten(0, 1))
+        if not self.fast:
+            return conv.map(acc).unflatten(0, x.shape[:2])
+        out = torch.empty(acc.shape, dtype=torch.int64)
+        _map_kernel(acc.flatten(2).numpy(), *conv.map.arrays(), out.flatten(2).numpy())
+        return out.unflatten(0, x.shape[:2])
+
+    def _lif(self, name: str, x: Tensor, input_map: FixedPointMap, state: State, new: State) -> Tensor:
+        codes = state[name]
+        if codes.dtype != torch.int8 or codes.shape != x.shape[1:]:
+            raise ValueError(f"state {name!r}: expected int8 {tuple(x.shape[1:])}, got {codes.dtype} "
+                             f"{tuple(codes.shape)}")
+        lif = self.lifs[_key(name)]
+        spikes, new[name] = (lif.fused if self.fast else lif)(x, codes, input_map)
+        return spikes
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if x.dim() != 5 or x.shape[2] != 2 or tuple(x.shape[-2:]) != self.config.padded_size:
+            raise ValueError(f"expected input [T, B, 2, {self.config.padded_size[0]}, {self.config.padded_size[1]}], "
+                             f"got {tuple(x.shape)}")
+        if state is None:
+            state = self.init_state(x.shape[1])
+        elif not isinstance(state, dict) or set(state) != set(self.state_shapes):
+            raise ValueError("state must be None or a dict from init_state() / a previous call of this runtime")
+        new: State = {}
+        g, convs, lifs = self.graph, self.convs, self.lifs
+
+        def lif_after_conv(lif: str, conv: str, spikes: Tensor, events: bool = False) -> Tensor:
+            # θ folded into the conv's map
+            return self._lif(lif, self._acc(conv, spikes, events), convs[_key(conv)].map, state, new)
+
+        def lif_on_stream(lif: str, current: Tensor) -> Tensor:  # a shared current, rescaled by the LIF's 1/θ
+            return self._lif(lif, current, lifs[_key(lif)].map, state, new)
+
+        x = x.to(torch.float32)  # counts ≤ cutoff: exact
+        spikes = lif_after_conv(g["stem"]["lif"], g["stem"]["conv"], x, events=True)
+        y = self._current(g["stem"]["conv2"], spikes)  # real-valued currents, Q(F)
+        features = []
+        for blocks in g["stages"]:
+            for b in blocks:
+                s1 = lif_on_stream(b["lif1"], y)
+                s2 = lif_after_conv(b["lif2"], b["conv1"], s1)
+                y = self._current(b["conv2"], s2) + (y if b["shortcut"] is None else self._current(b["shortcut"], s1))
+            features.append(y)
+        neck = g["neck"]
+        lateral = [self._current(conv, lif_on_stream(lif, f))
+                   for lif, conv, f in zip(neck["inputs"], neck["lateral"], features, strict=True)]
+        merged = [lateral[-1]]
+        for current in reversed(lateral[:-1]):
+            merged.insert(0, current + _upsample_nearest(merged[0], current.shape[-2:]))
+        rates = [lif_on_stream(lif, m).mean(0) for lif, m in zip(neck["outputs"], merged, strict=True)]
+        return self.head(rates)[0], new  # rates: spike count / T, [B, C, h, w] float32, as the trained model
+
+    def init_state(self, batch: int = 1) -> State:
+        """A fresh state (all membrane codes 0) for ``batch`` streams."""
+        return {name: torch.zeros((batch, *shape), dtype=torch.int8) for name, shape in self.state_shapes.items()}
+
+    def state_nbytes(self, packed: bool = False) -> int:
+        """Bytes of one stream's state: as held (int8 per neuron) or packed at the membrane's bit width."""
+        total = 0
+        for name, shape in self.state_shapes.items():
+            lif = self.lifs[_key(name)]
+            levels = ((lif.high - lif.low) >> lif.step_shift) + 1
+            bits = max(1, (levels - 1).bit_length()) if packed else 8
+            total += -(-int(np.prod(shape)) * bits // 8)
+        return total
+
+    def step(self, window: np.ndarray | Tensor, state: State | None = None, t_start: int = 0) -> tuple[
+            np.ndarray, State]:
+        """Detect in one window; returns ``(detections, state)``.
+
+        ``window`` is either the window's events (``data.events.EVENT_DTYPE``, sensor = model input, window
+        ``[t_start, t_start + Δ)``): label-dtype boxes come back; or its ``[T, 2, H, W]`` histogram: ``[n, 6]``
+        rows ``x1, y1, x2, y2, score, class`` in input pixels.
+        """
+        detector = StreamingDetector(self)
+        if isinstance(window, np.ndarray) and window.dtype.names is not None:
+            return detector.step(window, t_start, state)
+        return detector.detect(window, state)
+
+    def _state_shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
+        """``{lif name: (C, h, w)}`` for a padded input of ``height`` × ``width``."""
+        shapes: dict[str, tuple[int, int, int]] = {}
+        g = self.graph
+
+        def conv(name: str, size: tuple[int, int]) -> tuple[int, int]:
+            return self.convs[_key(name)].output_size(*size)
+
+        def lif(name: str, size: tuple[int, int]) -> None:
+            shapes[name] = (self.lifs[_key(name)].channels, *size)
+
+        size = conv(g["stem"]["conv"], (height, width))
+        lif(g["stem"]["lif"], size)
+        size = conv(g["stem"]["conv2"], size)
+        level_sizes = []
+        for blocks in g["stages"]:
+            for b in blocks:
+                lif(b["lif1"], size)
+                size = conv(b["conv1"], size)
+                lif(b["lif2"], size)
+            level_sizes.append(size)
+        for names in (g["neck"]["inputs"], g["neck"]["outputs"]):
+            for name, level_size in zip(names, level_sizes, strict=True):
+                lif(name, level_size)
+        return shapes
+
+
+def _upsample_nearest(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Nearest-neighbour resize of an integer ``[..., h, w]`` tensor (source index ``floor(dst · in / out)``)."""
+    rows = torch.arange(size[0]) * x.shape[-2] // size[0]
+    cols = torch.arange(size[1]) * x.shape[-1] // size[1]
+    return x.index_select(-2, rows).index_select(-1, cols)

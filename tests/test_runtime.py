@@ -1,0 +1,327 @@
+"""The integer runtime: same detections as the fake-quant model, exact fake-quant arithmetic, state, threads, memory.
+
+Equivalence is checked two ways. Against the float32 fake-quant model (what training and eval run) on the bundled
+recording: identical boxes and classes, identical scores. Against the same model with its spiking layers in
+float64 — the fake-quant arithmetic without float32 rounding — on a synthetic recording: every membrane state of
+every layer and window is identical, and so are the detections. (float32 itself rounds a handful of membranes across
+a level boundary per few hundred windows; the integer runtime does not; see the README for the measured numbers.)
+"""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main
+from data.formats.recording import open_recording
+from data.windows import iter_windows
+from models.bundled import default_model_path
+from models.checkpoint import load_detector
+from models.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.export import ExportFormatError, export_model
+from models.neuron import IntegerLIF
+from models.runtime import Runtime
+from models.state import state_nbytes
+from models.stream import StreamingDetector
+from tests.conftest import REPO
+
+SAMPLE = REPO / "data" / "samples" / "street_td.dat"
+FIELDS = ("t", "x", "y", "w", "h", "class_id")
+TINY = {"bins": 3, "input_width": 96, "input_height": 64}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return load_detector(default_model_path())
+
+
+@pytest.fixture(scope="module")
+def runtime(trained, tmp_path_factory):
+    return Runtime.load(export_model(trained, tmp_path_factory.mktemp("spq") / "m.spq"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_recording(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    assert main(["synth", str(root), "--recordings", "1", "--duration", "2", "--seed", "11", "--splits", "test",
+                 "--quiet"]) == 0
+    return next((root / "test").glob("*_td.dat"))
+
+
+def float64_reference(model: SpikingYOLO) -> SpikingYOLO:
+    """The fake-quant model with backbone and neck in float64 (head unchanged: it reads float32 rates)."""
+    model.backbone.double()
+    model.neck.double()
+    model.backbone.register_forward_pre_hook(lambda _, args: (args[0].double(), *args[1:]))
+    return model
+
+
+def flat_state(state: dict) -> dict[str, torch.Tensor]:
+    """The trained model's nested state under the runtime's flat layer names (membranes are level codes)."""
+    out = {"backbone.stem1.lif": state["backbone"]["stem1"]}
+    for key, block in state["backbone"].items():
+        if key.startswith("stage"):
+            out.update({f"backbone.stages.{key[5:]}.{n}": block[n] for n in ("lif1", "lif2")})
+    for key, value in state["neck"].items():
+        kind, index = ("inputs", key[2:]) if key.startswith("in") else ("outputs", key[3:])
+        out[f"neck.{kind}.{index}"] = value
+    return out
+
+
+def assert_same_state(reference_state: dict, codes: dict[str, torch.Tensor], step: float = 1.0) -> None:
+    """The trained model's membranes (levels, θ units) equal the runtime's int8 codes × step, layer by layer."""
+    levels = flat_state(reference_state)
+    assert set(levels) == set(codes)
+    for name, value in codes.items():
+        assert torch.equal(levels[name].double(), value.double() * step), name
+
+
+def stream_both(reference, runtime, path, conf_thres=0.25):
+    """Yield (reference boxes, runtime boxes, reference state, runtime state) for every window of ``path``."""
+    recording = open_recording(path)
+    a = StreamingDetector(reference, conf_thres=conf_thres).for_sensor(recording.width, recording.height)
+    b = StreamingDetector(runtime, conf_thres=conf_thres).for_sensor(recording.width, recording.height)
+    state_a = state_b = None
+    for window in iter_windows(recording, a.window_us):
+        boxes_a, state_a = a.step(window.events, window.t_start, state_a)
+        boxes_b, state_b = b.step(window.events, window.t_start, state_b)
+        yield boxes_a, boxes_b, state_a, state_b
+
+
+def assert_same_boxes(a, b, score_tol=0.0):
+    assert len(a) == len(b)
+    for field in FIELDS:
+        assert np.array_equal(a[field], b[field]), field
+    assert np.abs(a["class_confidence"] - b["class_confidence"]).max(initial=0) <= score_tol
+
+
+def test_same_detections_as_the_fake_quant_model_on_the_bundled_recording(trained, runtime):
+    detections = 0
+    for boxes_a, boxes_b, state_a, state_b in stream_both(trained, runtime, SAMPLE):
+        assert_same_boxes(boxes_a, boxes_b)  # scores identical: same rates into the same float head
+        assert_same_state(state_a, state_b)
+        detections += len(boxes_a)
+    assert detections > 50
+
+
+def test_exact_fake_quant_arithmetic_on_a_synthetic_recording(runtime, synthetic_recording):
+    reference = float64_reference(load_detector(default_model_path()))
+    windows = 0
+    for boxes_a, boxes_b, state_a, state_b in stream_both(reference, runtime, synthetic_recording, conf_thres=0.01):
+        assert_same_state(state_a, state_b)
+        assert_same_boxes(boxes_a, boxes_b)
+        windows += 1
+    assert windows == 40
+
+
+def _calibrated(cfg: DetectorConfig) -> SpikingYOLO:
+    """A random detector with BN statistics from a few windows (so deep layers fire) and random BN affines.
+
+    The random affines stand in for training: with γ = 1, β = 0 and statistics from so few windows, a BN output can
+    be exactly 0 in real arithmetic, which puts a membrane exactly on a rounding boundary (a tie that float64 rounds
+    either way); trained models do not have such exact coincidences.
+    """
+    torch.manual_seed(0)
+    model = build_detector(cfg).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        for seed in range(3):
+            model(_input(cfg, seed, batch=2))
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.6, 1.4)
+                module.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _input(cfg, seed=0, batch=1):
+    h, w = cfg.padded_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 4, (cfg.bins, batch, 2, h, w), generator=g, dtype=torch.uint8)
+
+
+def _set_neurons(model: SpikingYOLO, per_channel: bool, **neuron) -> None:
+    g = torch.Generator().manual_seed(1)
+    for lif in model.modules():
+        if isinstance(lif, IntegerLIF):
+            lif.config = dataclasses.replace(lif.config, per_channel_threshold=per_channel, **neuron)
+            lif.grid = lif.config.grid
+            shape = (lif.channels, 1, 1) if per_channel else ()
+            lif.log_threshold = torch.nn.Parameter(torch.empty(shape).uniform_(-0.3, 0.3, generator=g))
+
+
+@pytest.mark.parametrize(("per_channel", "neuron"), [
+    (False, {}),
+    (True, {}),
+    (True, {"reset": "soft"}),
+    (False, {"lb": -2.0, "leak": 0.25}),
+    (True, {"lb": -1.0, "step": 0.5, "leak": 1.0}),
+    (False, {"leak": 0.0}),
+])
+def test_neuron_variants_match_exact_fake_quant(per_channel, neuron):
+    model = _calibrated(DetectorConfig(**TINY))
+    _set_neurons(model, per_channel, **neuron)
+    runtime = Runtime.from_model(model)
+    reference = float64_reference(model)
+    state_a = state_b = None
+    spikes = 0
+    with torch.no_grad():
+        for seed in range(4):
+            x = _input(model.config, 10 + seed, batch=2)
+            y_a, state_a = reference(x, state_a)
+            y_b, state_b = runtime(x, state_b)
+            assert_same_state(state_a, state_b, neuron.get("step", 1.0))
+            assert torch.equal(y_a, y_b)
+            spikes += sum(int(c.ne(0).sum()) for c in state_b.values())
+    assert spikes > 0
+
+
+def test_compiled_kernels_equal_the_pytorch_integer_ops():
+    model = _calibrated(DetectorConfig(**TINY))
+    _set_neurons(model, True, reset="soft", lb=-2.0)
+    fast, reference = Runtime.from_model(model), Runtime.from_model(model)
+    reference.fast = False
+    state_a = state_b = None
+    with torch.no_grad():
+        for seed in range(3):
+            x = _input(model.config, seed, batch=2)
+            if seed != 1:  # sparse like events: the fast path takes the event-driven first conv
+                x *= torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) < 0.02
+            y_a, state_a = fast(x, state_a)
+            y_b, state_b = reference(x, state_b)
+            assert torch.equal(y_a, y_b)
+            assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_physically_pruned_models_export_and_match():
+    from models.prune import remove_channels
+
+    model = _calibrated(DetectorConfig(**TINY))
+    widths = model.config.widths()
+    keep = {name: range(0, widths[name], 2) for name in ("stem1", "stage0", "stage1.0", "neck", "head0.box.0")}
+    pruned = remove_channels(model, keep).eval()
+    runtime = Runtime.from_model(pruned)
+    assert runtime.summary()["params"] < Runtime.from_model(model).summary()["params"]
+    reference = float64_reference(pruned)
+    state_a = state_b = None
+    with torch.no_grad():
+        for seed in range(3):
+            x = _input(pruned.config, seed)
+            y_a, state_a = reference(x, state_a)
+            y_b, state_b = runtime(x, state_b)
+            assert_same_state(state_a, state_b)
+            assert torch.equal(y_a, y_b)
+
+
+def test_unexportable_neurons_are_refused():
+    model = _calibrated(DetectorConfig(**TINY))
+    _set_neurons(model, False, leak=0.3)
+    with pytest.raises(ExportFormatError, match="shift"):
+        Runtime.from_model(model)
+
+
+def test_state_shapes_sizes_and_validation(runtime):
+    state = runtime.init_state()
+    assert all(v.dtype == torch.int8 and v.shape[0] == 1 for v in state.values())
+    summary = runtime.summary()
+    assert summary["state_bytes_per_stream"] == runtime.state_nbytes() and summary["params"] > 400_000
+    assert summary["weight_bytes"] < runtime.source.stat().st_size < summary["weight_bytes"] + 65_536
+    assert runtime.state_nbytes() == state_nbytes(state) == sum(v.numel() for v in state.values())
+    assert runtime.state_nbytes(packed=True) == sum(-(-v.numel() * 2 // 8) for v in state.values())  # ternary
+    h, w = runtime.config.padded_size
+    x = torch.zeros(runtime.config.bins, 1, 2, h, w, dtype=torch.uint8)
+    _, new = runtime(x, state)
+    assert set(new) == set(state) and all(new[k].shape == state[k].shape for k in state)
+    with pytest.raises(ValueError, match="expected int8"):
+        runtime(x, {**state, "backbone.stem1.lif": state["backbone.stem1.lif"].float()})
+    with pytest.raises(ValueError, match="state must be"):
+        runtime(x, {"x": state["backbone.stem1.lif"]})
+    with pytest.raises(ValueError, match="expected input"):
+        runtime(x[..., :32, :])
+
+
+def test_step_takes_events_or_a_histogram(runtime):
+    recording = open_recording(SAMPLE)
+    window = list(iter_windows(recording, runtime.config.window_us))[40]
+    detector = StreamingDetector(runtime).for_sensor(recording.width, recording.height)
+    events = detector.letterbox.map_events(window.events)  # into the model's input grid
+    boxes, state = runtime.step(events, None, t_start=window.t_start)
+    rows, _ = runtime.step(detector.histogram(events, window.t_start))
+    assert len(boxes) == len(rows) > 0 and np.all(boxes["t"] == window.t_end)
+    assert np.allclose(boxes["x"], rows[:, 0]) and np.array_equal(boxes["class_id"], rows[:, 5].astype(np.uint32))
+    assert set(state) == set(runtime.init_state())
+
+
+def test_independent_streams_on_threads_match_sequential_runs(runtime):
+    recording = open_recording(SAMPLE)
+    windows = list(iter_windows(recording, runtime.config.window_us))[:12]
+    detector = StreamingDetector(runtime).for_sensor(recording.width, recording.height)
+    streams = [windows[i:] + windows[:i] for i in (0, 3, 6, 9)]  # four streams, each at another point
+
+    def run(stream):
+        return [boxes for _, boxes in detector.run(stream)]
+
+    expected = [run(s) for s in streams]
+    results: list = [None] * len(streams)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(streams[i]))) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for want, got in zip(expected, results, strict=True):
+        for a, b in zip(want, got, strict=True):
+            assert_same_boxes(a, b)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_a_thousand_concurrent_states_take_the_reported_size(trained, runtime):
+    from models.flops import memory  # what `spquant report` prints
+
+    report = memory(trained)
+    assert report["state_bytes_int8"] == runtime.state_nbytes()
+    assert report["state_bytes"] == runtime.state_nbytes(packed=True)
+    h, w = runtime.config.padded_size
+    x = torch.randint(0, 3, (runtime.config.bins, 1, 2, h, w), dtype=torch.uint8)
+    with torch.inference_mode():
+        _, live = runtime(x)  # a real, non-zero state, so every page is touched when copied
+    per_stream = runtime.state_nbytes()
+    before = _rss_bytes()
+    states = [{k: v.clone() for k, v in live.items()} for _ in range(1000)]
+    grown = _rss_bytes() - before
+    assert sum(state_nbytes(s) for s in states) == 1000 * per_stream
+    assert all(t.untyped_storage().nbytes() == t.numel() for s in states[:10] for t in s.values())  # int8, no slack
+    # The process grew by about the payload (pages freed earlier may be reused; allocator overhead is small).
+    assert 0.5 * 1000 * per_stream <= grown <= 1.25 * 1000 * per_stream + (8 << 20)
+
+
+def test_onnx_step_reproduces_the_runtime_detections(runtime, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from models.onnx_step import OnnxStepModel, export_onnx
+
+    onnx_model = OnnxStepModel(export_onnx(runtime, tmp_path / "m.onnx"))
+    assert onnx_model.config == runtime.config
+    recording = open_recording(SAMPLE)
+    a = StreamingDetector(runtime).for_sensor(recording.width, recording.height)
+    b = StreamingDetector(onnx_model).for_sensor(recording.width, recording.height)
+    state_a = state_b = None
+    detections = 0
+    for window in iter_windows(recording, a.window_us):
+        boxes_a, state_a = a.step(window.events, window.t_start, state_a)
+        boxes_b, state_b = b.step(window.events, window.t_start, state_b)
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # the integer part is exact
+        # the float head runs on ONNX Runtime's kernels: boxes and scores agree to float32 rounding
+        assert len(boxes_a) == len(boxes_b) and np.array_equal(boxes_a["class_id"], boxes_b["class_id"])
+        for field in ("x", "y", "w", "h"):
+            assert np.allclose(boxes_a[field], boxes_b[field], atol=1e-3), field
+        assert np.allclose(boxes_a["class_confidence"], boxes_b["class_confidence"], atol=1e-5)
+        detections += len(boxes_a)
+    assert detections > 50
