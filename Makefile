@@ -11,7 +11,7 @@ export YOLO_VERBOSE := False
 export YOLO_AUTOINSTALL := False
 export YOLO_CONFIG_DIR := $(CURDIR)/.ultralytics
 
-.PHONY: install test test-slow lint demo bench bench-all clean
+.PHONY: install test test-slow lint demo bench clean test-docker
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/events.py
+
+test-docker: $(STAMP)
+	bash docker/test_docker.sh
 
 clean:
 	rm -rf $(VENV) .ultralytics
