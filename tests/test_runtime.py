@@ -298,8 +298,8 @@ def test_a_thousand_concurrent_states_take_the_reported_size(trained, runtime):
     grown = _rss_bytes() - before
     assert sum(state_nbytes(s) for s in states) == 1000 * per_stream
     assert all(t.untyped_storage().nbytes() == t.numel() for s in states[:10] for t in s.values())  # int8, no slack
-    # The process grew by about the payload (pages freed earlier may be reused; allocator overhead is small).
-    assert 0.5 * 1000 * per_stream <= grown <= 1.25 * 1000 * per_stream + (8 << 20)
+    # Only an upper bound: after other tests the allocator reuses freed pages, so growth can be below the payload.
+    assert grown <= 1.25 * 1000 * per_stream + (8 << 20)
 
 
 def test_onnx_step_reproduces_the_runtime_detections(runtime, tmp_path):
