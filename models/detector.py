@@ -10,6 +10,7 @@ layer 8-bit) and ``baseline`` (FP32 weights and membranes, fixed θ).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from torch import Tensor, nn
 from models.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
 from models.frozen_config import FrozenConfig, check
 from models.neuron import IntegerLIF, NeuronConfig
-from models.quant import QuantConfig
-from models.ultralytics_parts import Detect
+from models.quant import FULL_PRECISION_BITS, QuantConfig, QuantConv2d
+from models.ultralytics_parts import Conv, Detect, DWConv
 
 ARCHITECTURE = Path(__file__).resolve().parent / "cfg" / "spiking_yolo.yaml"
 VARIANTS = ("spquant", "baseline")
@@ -33,7 +34,9 @@ class DetectorConfig(FrozenConfig):
     """Everything needed to rebuild a detector: stored in checkpoints and exported models.
 
     Input: windows of ``window_us`` cut into ``bins`` time bins (= SNN time steps) of 2 polarities, counts clipped
-    at ``cutoff``, ``input_width`` × ``input_height`` padded to a multiple of 32.
+    at ``cutoff``, ``input_width`` × ``input_height`` padded to a multiple of 32. ``head_bits`` fake-quantizes the
+    Detect head's weights (32 = floating point, the default). ``channels`` narrows channel groups (a pruned model:
+    ``{group: width}``; empty = the scale's YAML widths, see :func:`default_widths`).
     """
 
     variant: str = "spquant"
@@ -49,6 +52,8 @@ class DetectorConfig(FrozenConfig):
     membrane_lb: float = -1.0
     leak: float = 0.5
     reg_max: int = 16
+    head_bits: int = 32
+    channels: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -58,6 +63,32 @@ class DetectorConfig(FrozenConfig):
         for name in ("bins", "window_us", "cutoff", "input_width", "input_height", "reg_max"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{name} must be a positive int")
         check(len(self.class_names) > 0, "class_names must not be empty")
+        check(self.head_bits == FULL_PRECISION_BITS or self.quantized,
+              f"the baseline variant keeps a full-precision head, got head_bits={self.head_bits}")
+        QuantConfig(weight_bits=self.head_bits)  # raises ValueError on bad bits
+        pairs = self.channels.items() if isinstance(self.channels, Mapping) else self.channels
+        check(all(isinstance(p, tuple | list) and len(p) == 2 for p in pairs),
+              "channels must map channel-group names to widths")
+        channels = tuple(sorted((str(name), width) for name, width in pairs))
+        object.__setattr__(self, "channels", channels)
+        defaults = default_widths(self.scale, len(self.class_names), self.reg_max)
+        for name, width in channels:
+            check(name in defaults, f"unknown channel group {name!r}; groups are {sorted(defaults)}")
+            check(isinstance(width, int) and not isinstance(width, bool) and 0 < width <= defaults[name],
+                  f"channels[{name!r}] must be an int in 1..{defaults[name]}, got {width!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of every field; ``channels`` as a ``{group: width}`` dict."""
+        return {**super().to_dict(), "channels": dict(self.channels)}
+
+    def widths(self) -> dict[str, int]:
+        """The width of every channel group: the scale's YAML widths, overridden by ``channels`` (pruned models)."""
+        return {**default_widths(self.scale, len(self.class_names), self.reg_max), **dict(self.channels)}
+
+    @property
+    def pruned(self) -> bool:
+        """True when some channel group is narrower than the scale's YAML width."""
+        return bool(self.channels)
 
     @property
     def quantized(self) -> bool:
@@ -76,6 +107,10 @@ class DetectorConfig(FrozenConfig):
             return QuantConfig(weight_bits=32)
         return QuantConfig(weight_bits=self.first_layer_bits if first_layer else self.weight_bits)
 
+    def head_quant(self) -> QuantConfig:
+        """The weight quantization of the Detect head's convs (``head_bits``; 32 = floating point, the default)."""
+        return QuantConfig(weight_bits=self.head_bits)
+
     @property
     def padded_size(self) -> tuple[int, int]:
         """(height, width) of the network input after padding to a multiple of 32."""
@@ -91,27 +126,98 @@ def _width(channels: int, multiple: float) -> int:
     return max(8, round(channels * multiple / 8) * 8)
 
 
+def default_widths(scale: str, num_classes: int, reg_max: int) -> dict[str, int]:
+    """Unpruned width of every channel group (what a pruned checkpoint's ``channels`` may narrow).
+
+    Groups: ``stem1`` (first spiking conv), ``stem2`` (the current stream into stage 0), ``stage{i}`` (the residual
+    current stream of stage i, shared by its blocks, shortcuts and readers), ``stage{i}.{j}`` (the inner width of
+    block j), ``neck`` (every FPN level: the top-down sum ties them), and per head level k ``head{k}.box.{0,1}`` /
+    ``head{k}.cls.{0,1}`` (the hidden widths of the Detect head's box and class branches).
+    """
+    arch = load_architecture()
+    multiple, depth = arch["scales"][scale]
+    widths = {"stem1": _width(arch["stem"][0], multiple), "stem2": _width(arch["stem"][1], multiple)}
+    for i, channels in enumerate(arch["stages"]):
+        widths[f"stage{i}"] = _width(channels, multiple)
+        widths.update({f"stage{i}.{j}": _width(channels, multiple) for j in range(int(depth))})
+    neck = widths["neck"] = _width(arch["neck"], multiple)
+    # ultralytics Detect's own rule for its hidden widths (box branch c2, class branch c3)
+    box, cls = max(16, neck // 4, 4 * reg_max), max(neck, min(num_classes, 100))
+    for k in range(len(STRIDES)):
+        widths.update({f"head{k}.box.0": box, f"head{k}.box.1": box, f"head{k}.cls.0": cls, f"head{k}.cls.1": cls})
+    return widths
+
+
+def _residual_block(in_channels: int, mid_channels: int, out_channels: int, stride: int, neuron: NeuronConfig,
+                    quant: QuantConfig) -> MSResidualBlock:
+    """An MS residual block whose inner width (conv1 → lif2 → conv2) may be narrower than its output (pruned)."""
+    block = MSResidualBlock(in_channels, out_channels, stride, neuron, quant)
+    if mid_channels != out_channels:
+        block.conv1 = ConvBN(in_channels, mid_channels, 3, stride, quant)
+        block.lif2 = IntegerLIF(neuron, channels=mid_channels)
+        block.conv2 = ConvBN(mid_channels, out_channels, 3, 1, quant)
+    return block
+
+
+def _detect_head(config: DetectorConfig, in_channels: int) -> Detect:
+    """ultralytics' Detect head over three levels of ``in_channels``, with the hidden widths of ``config``."""
+    widths, nc, reg_max = config.widths(), len(config.class_names), config.reg_max
+    head = Detect(nc=nc, reg_max=reg_max, ch=(in_channels,) * len(STRIDES))
+    for k in range(len(STRIDES)):
+        box0, box1, cls0, cls1 = (widths[f"head{k}.{name}"] for name in ("box.0", "box.1", "cls.0", "cls.1"))
+        if (box0, box1) != (head.cv2[k][0].conv.out_channels, head.cv2[k][1].conv.out_channels):
+            head.cv2[k] = nn.Sequential(
+                Conv(in_channels, box0, 3), Conv(box0, box1, 3), nn.Conv2d(box1, 4 * reg_max, 1)
+            )
+        if (cls0, cls1) != (head.cv3[k][0][1].conv.out_channels, head.cv3[k][1][1].conv.out_channels):
+            # the same layout as Detect's (non-legacy) class branch: depthwise 3×3 then pointwise, twice
+            head.cv3[k] = nn.Sequential(
+                nn.Sequential(DWConv(in_channels, in_channels, 3), Conv(in_channels, cls0, 1)),
+                nn.Sequential(DWConv(cls0, cls0, 3), Conv(cls0, cls1, 1)),
+                nn.Conv2d(cls1, nc, 1),
+            )
+    if not config.head_quant().full_precision:
+        _quantize_convs(head.cv2, config.head_quant())
+        _quantize_convs(head.cv3, config.head_quant())
+    return head
+
+
+def _quantize_convs(module: nn.Module, quant: QuantConfig) -> None:
+    """Replace every plain ``nn.Conv2d`` below ``module`` by a fake-quantized one (same shape, weights and keys)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            conv = QuantConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                               padding=child.padding, dilation=child.dilation, groups=child.groups,
+                               bias=child.bias is not None, quant=quant)
+            conv.load_state_dict(child.state_dict())
+            setattr(module, name, conv)
+        else:
+            _quantize_convs(child, quant)
+
+
 class SpikingBackbone(nn.Module):
     """Strided spiking conv, strided conv, then three strided MS-residual stages; returns the P3/P4/P5 currents."""
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
         arch = load_architecture()
-        multiple, depth = arch["scales"][config.scale]
-        neuron = config.neuron()
-        stem = [_width(c, multiple) for c in arch["stem"]]
-        self.stem1 = SpikingConvBlock(2, stem[0], 3, 2, neuron, config.quant(first_layer=True))
+        depth = int(arch["scales"][config.scale][1])
+        neuron, widths = config.neuron(), config.widths()
+        self.stem1 = SpikingConvBlock(2, widths["stem1"], 3, 2, neuron, config.quant(first_layer=True))
         # The second stem conv hands currents, not spikes, to the MS residual stages (each starts with a LIF).
-        self.stem2 = ConvBN(stem[0], stem[1], 3, 2, config.quant())
+        self.stem2 = ConvBN(widths["stem1"], widths["stem2"], 3, 2, config.quant())
         self.stages = nn.ModuleList()
-        in_ch = stem[1]
-        for channels in arch["stages"]:
-            out_ch = _width(channels, multiple)
-            blocks = [MSResidualBlock(in_ch, out_ch, 2, neuron, config.quant())]
-            blocks += [MSResidualBlock(out_ch, out_ch, 1, neuron, config.quant()) for _ in range(int(depth) - 1)]
+        in_ch = widths["stem2"]
+        for i in range(len(arch["stages"])):
+            out_ch = widths[f"stage{i}"]
+            blocks = [
+                _residual_block(in_ch if j == 0 else out_ch, widths[f"stage{i}.{j}"], out_ch, 2 if j == 0 else 1,
+                                neuron, config.quant())
+                for j in range(depth)
+            ]
             self.stages.append(nn.ModuleList(blocks))
             in_ch = out_ch
-        self.out_channels = tuple(_width(c, multiple) for c in arch["stages"])
+        self.out_channels = tuple(widths[f"stage{i}"] for i in range(len(arch["stages"])))
 
     def forward(self, x: Tensor, state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
         new: dict[str, Any] = {}
@@ -166,10 +272,9 @@ class SpikingYOLO(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = SpikingBackbone(config)
-        arch = load_architecture()
-        neck_width = _width(arch["neck"], arch["scales"][config.scale][0])
+        neck_width = config.widths()["neck"]
         self.neck = SpikingFPN(self.backbone.out_channels, neck_width, config)
-        self.head = Detect(nc=len(config.class_names), reg_max=config.reg_max, ch=(neck_width,) * len(STRIDES))
+        self.head = _detect_head(config, neck_width)
         self.head.stride = torch.tensor(STRIDES, dtype=torch.float32)
         self.head.bias_init()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Self
 
 import torch
@@ -83,6 +84,10 @@ class IntegerLIF(nn.Module):
     (single step, same result as T = 1); ``state`` is ``[B, C, H, W]`` or ``None`` for a fresh one. Nothing is
     kept between calls. After :meth:`use_int8_state` the state holds int8 level codes (``m/step``), spikes come
     back as bool, and the spikes equal those of the float path on the same input.
+
+    ``probe`` (default None) observes the dynamics without changing them: when set, it is called at every step with
+    the charged membrane ``u`` and the stored membrane after the step (both ``[B, C, H, W]``, in θ units); pruning
+    calibration and FLOPs counting use it.
     """
 
     def __init__(self, config: NeuronConfig | None = None, channels: int | None = None) -> None:
@@ -101,6 +106,7 @@ class IntegerLIF(nn.Module):
         else:
             self.register_buffer("log_threshold", log_threshold)
         self.int8_state = False
+        self.probe: Callable[[Tensor, Tensor], None] | None = None
 
     @property
     def threshold(self) -> Tensor:
@@ -155,8 +161,10 @@ class IntegerLIF(nn.Module):
         for t in range(current.shape[0]):
             u = membrane * cfg.leak + current[t]  # [B, C, H, W]
             s = spike(u, theta, cfg.surrogate, cfg.surrogate_width)
-            u = u * (1 - s) if cfg.reset == "hard" else u - s
-            membrane = quantize_membrane(u, self.grid, cfg.surrogate_k) if cfg.quantize_membrane else u
+            after = u * (1 - s) if cfg.reset == "hard" else u - s
+            membrane = quantize_membrane(after, self.grid, cfg.surrogate_k) if cfg.quantize_membrane else after
+            if self.probe is not None:
+                self.probe(u, membrane)
             spikes.append(s)
         return torch.stack(spikes), membrane
 
@@ -171,12 +179,15 @@ class IntegerLIF(nn.Module):
                 u.mul_(grid.step)
             u.mul_(cfg.leak).add_(current[t])
             fired = torch.gt(u, 1, out=spikes[t])
+            charged = u.clone() if self.probe is not None else u
             if cfg.reset == "soft":
                 u.sub_(fired.to(u.dtype))
             codes = grid.codes(u).to(torch.int8)
             if cfg.reset == "hard":
                 # Q(0) = 0, so zeroing the code equals quantizing the reset membrane (mul: far faster than masked_fill)
                 codes.mul_(fired.logical_not())
+            if self.probe is not None:
+                self.probe(charged, codes.to(current.dtype) * grid.step)
         return spikes, codes
 
     def extra_repr(self) -> str:

@@ -15,9 +15,10 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "spquant-ultralytics"))
 
+from ultralytics.nn.modules.conv import Conv, DWConv
 from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.torch_utils import ModelEMA
 
-__all__ = ["Detect", "ModelEMA", "non_max_suppression", "v8DetectionLoss"]
+__all__ = ["Conv", "DWConv", "Detect", "ModelEMA", "non_max_suppression", "v8DetectionLoss"]

@@ -1,0 +1,174 @@
+"""Prune engine: calibrate → plan → masked fine-tuning with a gradual schedule → physical removal.
+
+Fine-tuning reuses :class:`app.trainer.Trainer` (same streams, loss, EMA and run folder) on the full-width model with
+:class:`models.prune.ChannelMasks` hooks; the share of the plan that is masked grows with a cubic schedule over the
+first ``ramp`` of the steps (fast early, gentle late, as in gradual magnitude pruning), then the remaining steps
+train at the final masks. The EMA weights are pruned physically at the end. The run folder's ``best.pt``/``last.pt``
+hold the full-width masked weights of the fine-tuning (a record, not the pruned model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import build_config, load_defaults
+from data.gen1 import list_recordings
+from models.detector import SpikingYOLO, build_detector
+from models.prune import ChannelMasks, PrunePlan, channel_importance, plan_pruning, remove_channels
+
+# Training keys a fine-tune inherits from the checkpoint's own training run (optimisation and augmentation).
+INHERITED_KEYS = ("batch", "seq_len", "weight_decay", "ema_decay", "grad_clip", "box_gain", "cls_gain", "dfl_gain",
+                  "flip_prob", "zoom_prob", "max_zoom", "train_split", "val_split", "conf_thres", "iou_thres",
+                  "max_det", "seed")
+
+
+@dataclasses.dataclass
+class PruneSettings:
+    """How to prune (``spquant prune`` options)."""
+
+    target_flops_reduction: float
+    finetune_epochs: int = 3
+    calibration_windows: int = 400
+    floor: float = 0.25
+    cost_weight: float = 0.0
+    ramp: float = 0.2
+    lr: float = 0.002
+    warmup_steps: int = 20
+    head_bits: int | None = None
+    threads: int = 0
+    val_recordings: int = 1
+    project: str = "runs/prune"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target_flops_reduction < 1:
+            raise ValueError(f"--target-flops-reduction must be >= 1, got {self.target_flops_reduction}")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if not 0 < self.ramp <= 1:
+            raise ValueError(f"ramp must be in (0, 1], got {self.ramp}")
+
+
+@dataclasses.dataclass
+class PruneResult:
+    """The pruned model and how it was made."""
+
+    model: SpikingYOLO
+    plan: PrunePlan
+    run_dir: Path | None
+    seconds: dict[str, float]
+    train_config: dict[str, Any] | None
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-data record stored in the checkpoint (``prune`` entry)."""
+        return {
+            "target_flops_reduction": self.plan.target_reduction,
+            "estimated_flops_reduction": self.plan.estimated_reduction,
+            "estimated_flops_reduction_unpruned": self.plan.flops_dense / self.plan.flops_before,
+            "removed_channels": len(self.plan.order),
+            "widths_before": self.plan.widths,
+            "widths_after": self.plan.kept_widths(),
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "seconds": self.seconds,
+        }
+
+
+def cubic_ramp(step: int, ramp_steps: int) -> float:
+    """Share of the plan masked after ``step`` steps: ``1 − (1 − step/ramp_steps)³``, 1 from ``ramp_steps`` on."""
+    return 1.0 - (1.0 - min(1.0, step / max(ramp_steps, 1))) ** 3
+
+
+def with_head_bits(model: SpikingYOLO, head_bits: int | None) -> SpikingYOLO:
+    """``model`` with its Detect head fake-quantized at ``head_bits`` (same weights); unchanged when None or equal."""
+    if head_bits is None or head_bits == model.config.head_bits:
+        return model
+    converted = build_detector(dataclasses.replace(model.config, head_bits=head_bits))
+    converted.load_state_dict(model.state_dict())
+    return converted.train(model.training)
+
+
+def prune_detector(
+    model: SpikingYOLO,
+    data: str | os.PathLike[str],
+    settings: PruneSettings,
+    train_config: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` toward ``settings.target_flops_reduction`` using the recordings under ``data``.
+
+    ``train_config`` is the checkpoint's training config (batch, augmentation, …), inherited by the fine-tuning.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    model = with_head_bits(model, settings.head_bits).eval()
+    calibration = channel_importance(
+        model, [r.events for r in list_recordings(data, "train")], settings.calibration_windows, progress
+    )
+    plan = plan_pruning(model, calibration, settings.target_flops_reduction, settings.floor,
+                        cost_weight=settings.cost_weight)
+    seconds["calibrate_and_plan"] = round(time.perf_counter() - start, 1)
+    if settings.finetune_epochs == 0:
+        return PruneResult(remove_channels(model, plan.keep()).eval(), plan, None, seconds, None)
+    start = time.perf_counter()
+    config = _finetune_config(model, data, settings, train_config)
+    from app.trainer import Trainer  # the trainer pulls in the evaluator and plotting; only fine-tuning needs it
+
+    masks = ChannelMasks(model)
+    trainer: Trainer | None = None
+    masked = 0
+
+    def on_step(step: int) -> None:
+        nonlocal masked
+        assert trainer is not None
+        removed = plan.removed(cubic_ramp(step, round(settings.ramp * trainer.steps_per_epoch * config["epochs"])))
+        if len(removed) != masked:
+            masks.set_removed(removed)  # also zeroes the training model's weights that read masked channels
+            masked = len(removed)
+        else:
+            masks.zero_weights(trainer.model)  # the optimizer step moved them
+        if trainer.ema is not None:
+            masks.zero_weights(trainer.ema.ema)
+
+    trainer = Trainer(config, progress=progress, model=model.train(), on_step=on_step)
+    trainer.fit()
+    masks.set_removed(plan.removed())
+    final = trainer.eval_model
+    masks.zero_weights(final)
+    masks.close()
+    pruned = remove_channels(final, plan.keep()).eval()
+    seconds["finetune"] = round(time.perf_counter() - start, 1)
+    return PruneResult(pruned, plan, trainer.run_dir, seconds, config)
+
+
+def _finetune_config(model: SpikingYOLO, data: str | os.PathLike[str], settings: PruneSettings,
+                     train_config: dict[str, Any] | None) -> dict[str, Any]:
+    """A training config for fine-tuning ``model``: inherited optimisation keys, the model's input, the settings."""
+    known = load_defaults()
+    inherited = {k: v for k, v in (train_config or {}).items() if k in INHERITED_KEYS and k in known}
+    cfg = model.config
+    overrides = {
+        **inherited,
+        "data": str(data),
+        "variant": cfg.variant,
+        "scale": cfg.scale,
+        "bins": cfg.bins,
+        "window_us": cfg.window_us,
+        "cutoff": cfg.cutoff,
+        "input_width": cfg.input_width,
+        "input_height": cfg.input_height,
+        "weight_bits": cfg.weight_bits,
+        "membrane_lb": cfg.membrane_lb,
+        "leak": cfg.leak,
+        "epochs": settings.finetune_epochs,
+        "lr": settings.lr,
+        "warmup_steps": settings.warmup_steps,
+        "threads": settings.threads,
+        "val_recordings": settings.val_recordings,
+        "project": settings.project,
+        "name": settings.name or f"prune-{cfg.variant}-{cfg.scale}-{time.strftime('%Y%m%d-%H%M%S')}",
+    }
+    return build_config(None, overrides)

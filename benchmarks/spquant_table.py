@@ -1,0 +1,196 @@
+"""The SpQuant-SNN paper's table on our data: FP32 dense baseline, quantized, quantized + pruned.
+
+For each model: AP and AP50 on a split (Prophesee protocol, every recording streamed with its state), memory (weights
+at their bits + the membrane state of one stream) and FLOPs per window with the paper's accounting, both as
+reductions against the FP32 dense baseline (the first model). FLOPs are measured on the same split's recordings.
+
+Run (the synthetic dataset of the README)::
+
+    python benchmarks/spquant_table.py --data datasets/synth-v1 --split test \\
+        --model baseline=models/weights/baseline-n.pt --model quantized=models/weights/spquant-n.pt \\
+        --model "quantized + pruned=models/weights/spquant-n-pruned.pt"
+
+writes ``benchmarks/results/spquant_table.json`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+import torch.nn.functional as F
+
+from app.evaluator import evaluate_split
+from data.gen1 import list_recordings
+from models.checkpoint import load_detector
+from models.flops import _active_positions, model_report, run_recordings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "spquant_table.json"
+WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
+DEFAULT_MODELS = (
+    f"baseline={WEIGHTS / 'baseline-n.pt'}",
+    f"quantized={WEIGHTS / 'spquant-n.pt'}",
+    f"quantized + pruned={WEIGHTS / 'spquant-n-pruned.pt'}",
+)
+
+
+def measure(name: str, path: Path, data: Path, split: str, windows: int) -> dict[str, Any]:
+    """AP, memory and FLOPs of one checkpoint."""
+    model = load_detector(path)
+    start = time.perf_counter()
+    metrics, _ = evaluate_split(model, data, split, progress=False)
+    seconds = time.perf_counter() - start
+    recordings = [r.events for r in list_recordings(data, split)]
+    report = model_report(model, recordings, windows)
+    start = time.perf_counter()
+    timed = run_recordings(model, recordings[:1], 200)  # CPU latency: one stream, no counters attached
+    ms_per_window = 1e3 * (time.perf_counter() - start) / timed
+    cfg = model.config
+    return {
+        "name": name,
+        "path": str(path),
+        "variant": cfg.variant,
+        "weight_bits": cfg.weight_bits if cfg.quantized else 32,
+        "head_bits": cfg.head_bits,
+        "membrane": "ternary" if cfg.quantized else "fp32",
+        "pruned": cfg.pruned,
+        "AP": metrics["AP"],
+        "AP50": metrics["AP50"],
+        "AP75": metrics["AP75"],
+        "params": report["params"],
+        "weight_bytes": report["weight_bytes"],
+        "state_bytes": report["state_bytes"],
+        "memory_bytes": report["memory_bytes"],
+        "flops_effective": report["flops_effective"],
+        "flops_dense": report["flops_dense"],
+        "synops": report["synops"],
+        "ms_per_window": round(ms_per_window, 2),
+        "eval_seconds": round(seconds, 1),
+    }
+
+
+def gated_conv(x: torch.Tensor, conv: torch.nn.Conv2d, tile: int) -> torch.Tensor:
+    """``conv(x)`` computed only at the active output positions (others are 0): gather patches, one matmul."""
+    n, _, h, w = x.shape
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    active = _active_positions(x, conv, (out_h, out_w), tile).nonzero()  # [P, 3]: sample, row, column
+    padded = F.pad(x, (pw, pw, ph, ph))
+    rows, cols = active[:, 1] * sh, active[:, 2] * sw
+    patches = torch.stack([padded[active[:, 0], :, rows + dy, cols + dx] for dy in range(kh) for dx in range(kw)],
+                          -1)  # [P, C, kh·kw]
+    weight = conv.quantized_weight() if hasattr(conv, "quantized_weight") else conv.weight
+    values = patches.flatten(1) @ weight.flatten(1).T  # [P, C_out]
+    out = x.new_zeros(n, out_h, out_w, conv.out_channels)
+    out[active[:, 0], active[:, 1], active[:, 2]] = values
+    return out.permute(0, 3, 1, 2)
+
+
+def gating_on_cpu(path: Path, data: Path, split: str, windows: int, tile: int) -> list[dict[str, Any]]:
+    """Dense vs tile-gated time of the convs whose inputs are sparse enough to gate (measured inputs, same results)."""
+    model = load_detector(path)
+    convs = {"backbone.stem1.conv_bn.conv": None, "backbone.stem2.conv": None, "backbone.stages.0.0.conv1.conv": None}
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in convs}
+    handles = []
+    for name, module in model.named_modules():
+        if name in convs:
+            convs[name] = module
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, name=name: inputs[name].append(args[0].detach().clone())))
+    run_recordings(model, [r.events for r in list_recordings(data, split)][:1], windows)
+    for handle in handles:
+        handle.remove()
+    rows = []
+    with torch.inference_mode():
+        for name, conv in convs.items():
+            dense_s = gated_s = 0.0
+            active = total = 0.0
+            for x in inputs[name]:  # [T, C, H, W] per window (batch 1)
+                start = time.perf_counter()
+                dense = conv(x)
+                dense_s += time.perf_counter() - start
+                start = time.perf_counter()
+                gated = gated_conv(x, conv, tile)
+                gated_s += time.perf_counter() - start
+                mask = _active_positions(x, conv, dense.shape[2:], tile).unsqueeze(1).bool()
+                if not torch.allclose(gated, dense * mask, atol=1e-4):
+                    raise AssertionError(f"{name}: gated conv differs from the dense conv at active positions")
+                active, total = active + float(mask.sum()), total + mask.numel()
+            rows.append({"layer": name, "tile": tile, "active_fraction": active / total,
+                         "dense_ms_per_window": 1e3 * dense_s / len(inputs[name]),
+                         "gated_ms_per_window": 1e3 * gated_s / len(inputs[name])})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("datasets/synth-v1"))
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--model", action="append", default=None, metavar="NAME=PATH",
+                        help="a row (repeatable; the first is the reference); default: the three bundled models")
+    parser.add_argument("--windows", type=int, default=600, help="windows measured for FLOPs (0 = all)")
+    parser.add_argument("--tile", type=int, default=4, help="tile of the CPU gating check")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for spec in args.model or DEFAULT_MODELS:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            parser.error(f"--model takes NAME=PATH, got {spec!r}")
+        rows.append(measure(name, Path(path), args.data, args.split, args.windows))
+        print(f"measured {name}", flush=True)
+    gating = gating_on_cpu(Path(rows[-1]["path"]), args.data, args.split, 100, args.tile)
+    reference = rows[0]
+    for row in rows:
+        row["memory_reduction"] = reference["memory_bytes"] / row["memory_bytes"]
+        row["flops_reduction"] = reference["flops_dense"] / row["flops_effective"]
+        row["AP_drop_points"] = 100 * (reference["AP"] - row["AP"])
+    result = {
+        "data": str(args.data),
+        "split": args.split,
+        "threads": args.threads,
+        "accounting": "memory = weights at their bits (packed) + one stream's membrane state (packed); FLOPs per "
+        "window = conv MACs over kept channels and active positions + non-zero membrane updates; reductions "
+        "against the first row's FP32 dense model",
+        "rows": rows,
+        "gating_cpu": gating,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(format_table(rows))
+    for g in gating:
+        print(f"tile gating of {g['layer']} (last model, tile {g['tile']}): {g['active_fraction']:.0%} active, "
+              f"dense {g['dense_ms_per_window']:.2f} ms vs gated {g['gated_ms_per_window']:.2f} ms per window")
+    print(f"wrote {args.out}")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the rows."""
+    lines = [
+        "| model | weights | head | membrane | AP | AP50 | ΔAP (points) | memory | memory red. | MFLOPs/window "
+        "| FLOPs red. | CPU ms/window |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        head = "FP32" if r["head_bits"] == 32 else f"{r['head_bits']}-bit"
+        lines.append(
+            f"| {r['name']} | {r['weight_bits']}-bit | {head} | {r['membrane']} | {r['AP']:.3f} | {r['AP50']:.3f} | "
+            f"{0.0 - round(r['AP_drop_points'], 1):+.1f} | {r['memory_bytes'] / 1e3:.0f} kB | "
+            f"{r['memory_reduction']:.1f}x | "
+            f"{r['flops_effective'] / 1e6:.1f} | {r['flops_reduction']:.2f}x | {r['ms_per_window']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""FLOPs, synaptic operations and memory of a detector, with the SpQuant-SNN paper's accounting.
+
+- **Conv FLOPs**: one multiply-accumulate per weight and output position, ``n·C_out·H'·W'·C_in/g·k²`` (the paper's
+  ``bs·active_ch·H·W·(C_in/g·k²)``; ``n`` = time steps for the spiking layers, 1 for the head, which runs once per
+  window on the time-averaged spikes). *Dense* counts the scale's unpruned widths at every position. *Effective*
+  counts the channels the model keeps, and only output positions whose receptive field holds a non-zero input at
+  that step, at ``tile`` × ``tile`` granularity (spatial gating: a silent tile's conv output is exactly the BN shift,
+  a constant, so its conv is skipped without changing the result).
+- **Membrane FLOPs**: one update per neuron and time step (dense); effective: only neurons whose stored state is
+  non-zero after the step (the paper's ``(1 − frac(u == 0))``).
+- **SynOps**: non-zero inputs × fan-out of every spiking-layer conv (the head is counted in FLOPs only).
+- **Memory**: weights at their configured bits, packed (quantized convs at their bits, everything else FP32) vs FP32;
+  the membrane state one stream holds, packed at the level grid's bits, as int8 codes, and as FP32.
+
+The dense FP32 baseline of the same scale and input size is the reference of both reductions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from data.formats.recording import open_recording
+from data.windows import iter_windows
+from models.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.neuron import IntegerLIF
+from models.quant import QuantConv2d
+from models.stream import StreamingDetector
+
+FP32_BYTES = 4
+
+
+@dataclasses.dataclass
+class LayerCount:
+    """What one layer did over the measured windows (sums; :meth:`FlopsCounter.layers` divides by windows)."""
+
+    name: str
+    kind: str  # "conv" | "membrane"
+    channels: int  # output channels (conv) or neurons per position (membrane)
+    spiking: bool = True  # part of the SNN (runs every time step) rather than the head
+    flops: float = 0.0  # at this model's widths, every position
+    effective: float = 0.0  # gated positions (conv) or non-zero states (membrane)
+    synops: float = 0.0  # non-zero inputs × fan-out (spiking convs)
+    spikes: float = 0.0  # spikes emitted (membrane)
+    positions: float = 0.0  # output positions × steps seen
+
+    def per_window(self, windows: int) -> LayerCount:
+        """The same counts divided by ``windows``."""
+        fields = ("flops", "effective", "synops", "spikes", "positions")
+        scaled = {f: getattr(self, f) / max(windows, 1) for f in fields}
+        return dataclasses.replace(self, **scaled)
+
+    @property
+    def active_fraction(self) -> float:
+        """Effective share of the work (1 = nothing skipped)."""
+        return self.effective / self.flops if self.flops else 1.0
+
+    @property
+    def firing_rate(self) -> float:
+        """Spikes per neuron and time step (membrane layers)."""
+        return self.spikes / self.flops if self.kind == "membrane" and self.flops else 0.0
+
+
+def _active_positions(x: Tensor, conv: nn.Conv2d, out_hw: tuple[int, int], tile: int) -> Tensor:
+    """Output positions (of ``[N, H', W']``) whose receptive field holds a non-zero input, widened to whole tiles."""
+    nonzero = x.ne(0).any(1, keepdim=True).float()  # [N, 1, H, W]
+    active = F.max_pool2d(nonzero, conv.kernel_size, conv.stride, conv.padding, conv.dilation)  # [N, 1, H', W']
+    active = active[..., : out_hw[0], : out_hw[1]]
+    if tile > 1:
+        tiles = F.max_pool2d(active, tile, tile, ceil_mode=True)  # [N, 1, ceil(H'/tile), ceil(W'/tile)]
+        active = tiles.repeat_interleave(tile, -2).repeat_interleave(tile, -1)[..., : out_hw[0], : out_hw[1]]
+    return active[:, 0]
+
+
+class FlopsCounter:
+    """Count conv and membrane work of ``model`` while it runs (a context: hooks are removed on exit).
+
+    Every ``nn.Conv2d`` and :class:`IntegerLIF` is observed; ``windows`` counts the samples × windows seen.
+    """
+
+    def __init__(self, model: SpikingYOLO, tile: int = 1) -> None:
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1, got {tile}")
+        self.model, self.tile = model, tile
+        self.counts: dict[str, LayerCount] = {}
+        self.windows = 0
+        self._handles: list[Any] = []
+        self._probes: list[tuple[IntegerLIF, Any]] = []
+
+    def __enter__(self) -> FlopsCounter:
+        self._handles.append(self.model.register_forward_pre_hook(self._count_window))
+        for name, module in self.model.named_modules():
+            if isinstance(module, nn.Conv2d):
+                self.counts[name] = LayerCount(name, "conv", module.out_channels, not name.startswith("head."))
+                self._handles.append(module.register_forward_hook(self._conv_hook(self.counts[name])))
+            elif isinstance(module, IntegerLIF):
+                count = self.counts[name] = LayerCount(name, "membrane", module.channels or 0)
+                self._handles.append(module.register_forward_hook(self._spike_hook(count)))
+                self._probes.append((module, module.probe))
+                module.probe = chain_probe(module.probe, self._membrane_probe(count))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for module, previous in self._probes:
+            module.probe = previous
+        self._handles, self._probes = [], []
+
+    def _count_window(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.windows += int(args[0].shape[1])  # x: [T, B, 2, H, W]
+
+    def _conv_hook(self, count: LayerCount) -> Callable[..., None]:
+        def hook(conv: nn.Conv2d, args: tuple[Tensor, ...], out: Tensor) -> None:
+            x = args[0]  # [N, C_in, H, W]: N = T·B in the spiking layers, B in the head
+            kernel = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+            positions = out.shape[0] * out.shape[2] * out.shape[3]
+            active = _active_positions(x, conv, out.shape[2:], self.tile)
+            count.positions += positions
+            count.flops += positions * conv.out_channels * kernel
+            count.effective += float(active.sum()) * conv.out_channels * kernel
+            if count.spiking:
+                # inputs in each receptive field, summed: a non-zero input reaches C_out/g outputs per kernel tap
+                ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float32, device=x.device)
+                reach = F.conv2d(x.ne(0).sum(1, keepdim=True).float(), ones, None, conv.stride, conv.padding,
+                                 conv.dilation)
+                count.synops += float(reach.sum()) * conv.out_channels / conv.groups
+
+        return hook
+
+    @staticmethod
+    def _spike_hook(count: LayerCount) -> Callable[..., None]:
+        def hook(lif: IntegerLIF, args: tuple[Tensor, ...], out: tuple[Tensor, Tensor]) -> None:
+            count.spikes += float(out[0].float().sum())
+
+        return hook
+
+    @staticmethod
+    def _membrane_probe(count: LayerCount) -> Callable[[Tensor, Tensor], None]:
+        def probe(u: Tensor, stored: Tensor) -> None:
+            count.channels = stored.shape[1]
+            count.flops += stored.numel()
+            count.effective += float(stored.ne(0).sum())
+            count.positions += stored.numel() / stored.shape[1]
+
+        return probe
+
+    def layers(self) -> list[LayerCount]:
+        """Per-window counts of every layer, in module order (layers that never ran are left out)."""
+        return [c.per_window(self.windows) for c in self.counts.values() if c.positions]
+
+
+def chain_probe(first: Callable[[Tensor, Tensor], None] | None,
+                second: Callable[[Tensor, Tensor], None]) -> Callable[[Tensor, Tensor], None]:
+    """A membrane probe calling ``first`` (if any) then ``second``, so several observers can watch one neuron."""
+    if first is None:
+        return second
+
+    def both(u: Tensor, stored: Tensor) -> None:
+        first(u, stored)
+        second(u, stored)
+
+    return both
+
+
+def run_recordings(
+    model: SpikingYOLO, paths: Iterable[str | os.PathLike[str]], max_windows: int = 0, progress: bool = False
+) -> int:
+    """Stream recordings through ``model`` window by window, state carried, as ``eval`` does; returns the windows run.
+
+    ``max_windows`` (0 = all) bounds the total; the windows are split evenly over the recordings. Run it inside a
+    :class:`FlopsCounter` (or with probes set) to measure.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no recordings to measure on")
+    detector = StreamingDetector(model)
+    per_recording = -(-max_windows // len(paths)) if max_windows > 0 else 0
+    done = 0
+    bar = tqdm(total=max_windows or None, desc="measure", unit="win", disable=not progress, leave=False)
+    for path in paths:
+        recording = open_recording(path)
+        if recording.width is None or recording.height is None:
+            raise ValueError(f"{path}: sensor size unknown; the header has no geometry")
+        stream = detector.for_sensor(recording.width, recording.height)
+        for k, _ in enumerate(stream.run(iter_windows(recording, stream.window_us))):
+            done += 1
+            bar.update()
+            if (per_recording and k + 1 >= per_recording) or (max_windows and done >= max_windows):
+                break
+        if max_windows and done >= max_windows:
+            break
+    bar.close()
+    return done
+
+
+def static_counts(model: SpikingYOLO) -> list[LayerCount]:
+    """Per-window counts of ``model`` on one all-zero window; their ``flops`` count every position."""
+    height, width = model.config.padded_size
+    with FlopsCounter(model) as counter, torch.inference_mode():
+        model.eval()(torch.zeros(model.config.bins, 1, 2, height, width, dtype=torch.uint8))
+    return counter.layers()
+
+
+def dense_reference(config: DetectorConfig) -> SpikingYOLO:
+    """The unpruned FP32 model of ``config``'s scale and input: the reference of every reduction."""
+    return build_detector(dataclasses.replace(config, variant="baseline", head_bits=32, channels=()))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters at their configured bits, packed (quantized conv weights), else FP32."""
+    bits = {id(m.weight): m.quant.weight_bits for m in model.modules() if isinstance(m, QuantConv2d)}
+    return sum(math.ceil(p.numel() * bits.get(id(p), 32) / 8) for p in model.parameters())
+
+
+def state_neurons(model: SpikingYOLO) -> list[int]:
+    """Neurons of every membrane state tensor one stream holds (batch 1)."""
+    height, width = model.config.padded_size
+    with torch.inference_mode():
+        _, state = model.eval()(torch.zeros(model.config.bins, 1, 2, height, width, dtype=torch.uint8))
+    return [t.numel() for t in _tensors(state)]
+
+
+def _tensors(state: Any) -> Iterator[Tensor]:
+    if isinstance(state, Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for sub in state.values():
+            yield from _tensors(sub)
+
+
+def memory(model: SpikingYOLO) -> dict[str, int]:
+    """Weight and per-stream state bytes of ``model`` (packed, int8, FP32) and of its dense FP32 reference."""
+    neuron = model.config.neuron()
+    neurons = state_neurons(model)
+    if neuron.quantize_membrane:
+        packed = sum(neuron.grid.packed_nbytes(n) for n in neurons)
+        as_int8 = sum(neurons)
+    else:
+        packed = as_int8 = FP32_BYTES * sum(neurons)
+    dense = dense_reference(model.config)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "params_dense": sum(p.numel() for p in dense.parameters()),
+        "weight_bytes": weight_bytes(model),
+        "fp32_weight_bytes": FP32_BYTES * sum(p.numel() for p in dense.parameters()),
+        "state_neurons": sum(neurons),
+        "state_bytes": packed,
+        "state_bytes_int8": as_int8,
+        "fp32_state_bytes": FP32_BYTES * sum(state_neurons(dense)),
+    }
+
+
+def model_report(
+    model: SpikingYOLO,
+    recordings: Iterable[str | os.PathLike[str]],
+    max_windows: int = 200,
+    tile: int = 1,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Parameters, memory, FLOPs (dense, at kept widths, effective), SynOps and per-layer firing of ``model``.
+
+    The effective counts and firing rates are measured by streaming ``recordings`` (at most ``max_windows`` windows,
+    0 = all) through the model as ``eval`` does.
+    """
+    model = model.eval()
+    with FlopsCounter(model, tile) as counter:
+        windows = run_recordings(model, recordings, max_windows, progress)
+    layers = counter.layers()
+    dense = {c.name: c for c in static_counts(dense_reference(model.config))}
+    mem = memory(model)
+    flops_dense = sum(c.flops for c in dense.values())
+    flops_pruned = sum(c.flops for c in layers)
+    flops_effective = sum(c.effective for c in layers)
+    memory_bytes = mem["weight_bytes"] + mem["state_bytes"]
+    fp32_memory = mem["fp32_weight_bytes"] + mem["fp32_state_bytes"]
+    cfg = model.config
+    dense_widths = dataclasses.replace(cfg, channels=()).widths()
+    return {
+        "model": {"variant": cfg.variant, "scale": cfg.scale, "input": [cfg.input_width, cfg.input_height],
+                  "bins": cfg.bins, "pruned": cfg.pruned},
+        **mem,
+        "memory_bytes": memory_bytes,
+        "fp32_memory_bytes": fp32_memory,
+        "memory_reduction": fp32_memory / memory_bytes,
+        "flops_dense": flops_dense,
+        "flops_pruned": flops_pruned,
+        "flops_effective": flops_effective,
+        "flops_reduction": flops_dense / flops_effective,
+        "flops_reduction_channels": flops_dense / flops_pruned,
+        "synops": sum(c.synops for c in layers),
+        "head_flops_effective": sum(c.effective for c in layers if not c.spiking),
+        "windows": windows,
+        "tile": tile,
+        "channels": {name: [width, dense_widths[name]] for name, width in cfg.widths().items()},
+        "layers": [_layer_row(c, dense.get(c.name)) for c in layers],
+    }
+
+
+def _layer_row(count: LayerCount, dense: LayerCount | None) -> dict[str, Any]:
+    row = {
+        "name": count.name,
+        "kind": count.kind,
+        "channels": count.channels,
+        "channels_dense": dense.channels if dense else count.channels,
+        "flops_dense": dense.flops if dense else count.flops,
+        "flops": count.flops,
+        "flops_effective": count.effective,
+        "active_fraction": round(count.active_fraction, 4),
+    }
+    if count.kind == "membrane":
+        row["firing_rate"] = round(count.firing_rate, 4)
+    elif count.spiking:
+        row["synops"] = count.synops
+    return row

@@ -1,0 +1,425 @@
+"""Channel pruning with a membrane-potential prior: importance, global FLOPs-targeted ranking, masks, physical removal.
+
+A *channel group* is a set of channels that must go together (the names of :func:`models.detector.default_widths`):
+the output of one conv + BN + LIF, a residual current stream shared by a stage's blocks, shortcuts and readers, the
+FPN width (the top-down sum ties every level), or a hidden width of the Detect head.
+
+- **Importance** (:func:`channel_importance`): the membrane-potential prior, the mean of ``clamp(u, 0, 1)`` of the
+  charged membrane ``u`` (θ units) over calibration windows, i.e. how near each channel comes to firing; a channel
+  held inhibited scores 0. A stream is scored by the readers that integrate it (the highest prior wins); head groups,
+  which have no membrane, by their mean absolute activation. Scores are divided by their group's mean, so groups of
+  different sizes and scales rank on one scale.
+- **Plan** (:func:`plan_pruning`): global greedy ranking until the estimated effective FLOPs (the cost model below)
+  reach ``dense / target``, never narrowing a group below its floor. The key trades importance against the FLOPs a
+  channel costs (``cost_weight`` 0 = importance only).
+- **Masks** (:class:`ChannelMasks`): hooks that zero a group's channels where its readers take them in (the input
+  current of each reading LIF, the output of head layers), so a masked model computes exactly what the pruned one
+  will; used while fine-tuning with a gradual schedule.
+- **Removal** (:func:`remove_channels`): slices convs, BNs and LIFs (per-channel θ too) and rebuilds the detector from
+  a config whose ``channels`` records the new widths, so the smaller model loads everywhere a checkpoint does.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.detector import SpikingYOLO, build_detector
+from models.flops import FlopsCounter, LayerCount, chain_probe, run_recordings
+from models.neuron import IntegerLIF
+
+_EPS = 1e-12
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """The layers whose channels one group name covers."""
+
+    name: str
+    width: int
+    produce: list[nn.Module] = dataclasses.field(default_factory=list)  # sliced on output channels: convs, BNs, LIFs
+    consume: list[nn.Conv2d] = dataclasses.field(default_factory=list)  # sliced on input channels
+    lifs: list[IntegerLIF] = dataclasses.field(default_factory=list)  # neurons integrating the group (masked, scored)
+    gated: list[nn.Module] = dataclasses.field(default_factory=list)  # head layers whose output the mask zeroes
+
+    @property
+    def scored(self) -> list[nn.Module]:
+        """What the importance is measured on: the integrating neurons, else (head) the gated layers."""
+        return list(self.lifs) or list(self.gated)
+
+
+def channel_groups(model: SpikingYOLO) -> dict[str, ChannelGroup]:
+    """Every channel group of ``model``, keyed like :meth:`DetectorConfig.widths`."""
+    widths = model.config.widths()
+    groups: dict[str, ChannelGroup] = {}
+
+    def group(name: str) -> ChannelGroup:
+        return groups.setdefault(name, ChannelGroup(name, widths[name]))
+
+    backbone, neck, head = model.backbone, model.neck, model.head
+    stem1 = group("stem1")
+    stem1.produce += [backbone.stem1.conv_bn.conv, backbone.stem1.conv_bn.bn, backbone.stem1.lif]
+    stem1.lifs.append(backbone.stem1.lif)
+    stem1.consume.append(backbone.stem2.conv)
+    stream = group("stem2")  # the current stream entering the next block
+    stream.produce += [backbone.stem2.conv, backbone.stem2.bn]
+    for i, stage in enumerate(backbone.stages):
+        for j, block in enumerate(stage):
+            stream.produce.append(block.lif1)  # lif1 integrates the stream it reads
+            stream.lifs.append(block.lif1)
+            stream.consume.append(block.conv1.conv)
+            if block.shortcut is None:
+                out = stream  # identity shortcut: the block adds to the stream it reads
+            else:
+                stream.consume.append(block.shortcut.conv)
+                out = group(f"stage{i}")
+                out.produce += [block.shortcut.conv, block.shortcut.bn]
+            mid = group(f"stage{i}.{j}")
+            mid.produce += [block.conv1.conv, block.conv1.bn, block.lif2]
+            mid.lifs.append(block.lif2)
+            mid.consume.append(block.conv2.conv)
+            out.produce += [block.conv2.conv, block.conv2.bn]
+            stream = out
+        stream.produce.append(neck.inputs[i])
+        stream.lifs.append(neck.inputs[i])
+        stream.consume.append(neck.lateral[i].conv)
+    fpn = group("neck")
+    for k, (lateral, lif) in enumerate(zip(neck.lateral, neck.outputs, strict=True)):
+        box, cls = head.cv2[k], head.cv3[k]
+        fpn.produce += [lateral.conv, lateral.bn, lif, cls[0][0].conv, cls[0][0].bn]  # cls[0][0]: depthwise
+        fpn.lifs.append(lif)
+        fpn.gated.append(cls[0][0])  # a depthwise conv of a silent channel outputs SiLU(BN shift) ≠ 0
+        fpn.consume += [box[0].conv, cls[0][1].conv]
+        layers = {
+            "box.0": ([box[0].conv, box[0].bn], box[1].conv, box[0]),
+            "box.1": ([box[1].conv, box[1].bn], box[2], box[1]),
+            "cls.0": ([cls[0][1].conv, cls[0][1].bn, cls[1][0].conv, cls[1][0].bn], cls[1][1].conv, cls[1][0]),
+            "cls.1": ([cls[1][1].conv, cls[1][1].bn], cls[2], cls[1][1]),
+        }
+        for suffix, (produce, consume, gated) in layers.items():
+            hidden = group(f"head{k}.{suffix}")
+            hidden.produce += produce
+            hidden.consume.append(consume)
+            hidden.gated.append(gated)
+    return groups
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Per-group channel importance (group mean = 1) and the per-layer counts measured on the same windows."""
+
+    importance: dict[str, Tensor]
+    layers: list[LayerCount]
+    windows: int
+
+
+def channel_importance(
+    model: SpikingYOLO, recordings: Iterable[str | os.PathLike[str]], max_windows: int = 400, progress: bool = False
+) -> Calibration:
+    """Stream calibration recordings through ``model`` and score every channel (see the module docstring)."""
+    model = model.eval()
+    groups = channel_groups(model)
+    sums: dict[int, Tensor] = {}
+    counts: dict[int, int] = {}
+
+    def accumulate(key: int, per_channel: Tensor, n: int) -> None:
+        sums[key] = sums.get(key, 0) + per_channel.double()
+        counts[key] = counts.get(key, 0) + n
+
+    def prior_probe(lif: IntegerLIF) -> Callable[[Tensor, Tensor], None]:
+        def probe(u: Tensor, stored: Tensor) -> None:  # u: [B, C, H, W]
+            accumulate(id(lif), u.clamp(0, 1).sum((0, 2, 3)), u.numel() // u.shape[1])
+
+        return probe
+
+    def activation_hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+        accumulate(id(module), out.abs().sum((0, 2, 3)), out.numel() // out.shape[1])  # out: [B, C, h, w]
+
+    previous = {}
+    handles = []
+    for g in groups.values():
+        for lif in g.lifs:
+            previous[lif] = lif.probe
+            lif.probe = chain_probe(lif.probe, prior_probe(lif))
+        if not g.lifs:
+            handles += [m.register_forward_hook(activation_hook) for m in g.gated]
+    try:
+        with FlopsCounter(model) as counter:
+            windows = run_recordings(model, recordings, max_windows, progress)
+    finally:
+        for lif, probe in previous.items():
+            lif.probe = probe
+        for handle in handles:
+            handle.remove()
+    importance = {}
+    for name, g in groups.items():
+        scores = torch.stack([sums[id(m)] / max(counts[id(m)], 1) for m in g.scored]).amax(0)  # [C]
+        importance[name] = (scores / (scores.mean() + _EPS)).float()
+    return Calibration(importance, counter.layers(), windows)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Term:
+    """One layer's FLOPs: ``coef · in_width · out_width`` (a width is a group's or fixed)."""
+
+    coef: float
+    in_group: str | None
+    in_fixed: int
+    out_group: str | None
+    out_fixed: int
+
+
+class CostModel:
+    """Effective FLOPs per window as a function of group widths: each layer's measured active fraction × its count.
+
+    Conv: ``positions · k² · C_in/g · C_out``; membrane: ``neurons · steps``; both times the share of work the layer
+    did on the calibration windows (gated positions, non-zero states). ``dense`` is the same sum at the scale's
+    unpruned widths with nothing skipped.
+    """
+
+    def __init__(self, model: SpikingYOLO, layers: Sequence[LayerCount]) -> None:
+        groups = channel_groups(model)
+        out_of = {id(m): g.name for g in groups.values() for m in g.produce}
+        in_of = {id(m): g.name for g in groups.values() for m in g.consume}
+        measured = {c.name: c for c in layers}
+        self.terms: list[_Term] = []
+        self.dense_terms: list[_Term] = []
+        for name, module in model.named_modules():
+            count = measured.get(name)
+            if count is None or not count.positions:
+                continue
+            if isinstance(module, nn.Conv2d):
+                depthwise = module.groups > 1
+                coef = count.positions * math.prod(module.kernel_size)
+                term = _Term(coef, None if depthwise else in_of.get(id(module)),
+                             1 if depthwise else module.in_channels, out_of.get(id(module)), module.out_channels)
+            elif isinstance(module, IntegerLIF):
+                term = _Term(count.positions, None, 1, out_of[id(module)], count.channels)
+            else:
+                continue
+            self.dense_terms.append(term)
+            self.terms.append(dataclasses.replace(term, coef=term.coef * count.active_fraction))
+        self.widths = model.config.widths()
+        self.dense = self._sum(self.dense_terms, dataclasses.replace(model.config, channels=()).widths())
+
+    @staticmethod
+    def _sum(terms: Iterable[_Term], widths: Mapping[str, int]) -> float:
+        return sum(t.coef * (widths[t.in_group] if t.in_group else t.in_fixed)
+                   * (widths[t.out_group] if t.out_group else t.out_fixed) for t in terms)
+
+    def flops(self, widths: Mapping[str, int]) -> float:
+        """Estimated effective FLOPs per window at ``widths``."""
+        return self._sum(self.terms, widths)
+
+    def saving(self, group: str, widths: Mapping[str, int]) -> float:
+        """FLOPs saved by removing one channel of ``group`` at ``widths``."""
+        total = 0.0
+        for t in self.terms:
+            if t.out_group == group:
+                total += t.coef * (widths[t.in_group] if t.in_group else t.in_fixed)
+            if t.in_group == group:
+                total += t.coef * (widths[t.out_group] if t.out_group else t.out_fixed)
+        return total
+
+
+@dataclasses.dataclass
+class PrunePlan:
+    """Channels to remove, in removal order, and what is kept."""
+
+    order: list[tuple[str, int]]  # (group, channel index), least useful first
+    widths: dict[str, int]  # before
+    flops_dense: float
+    flops_before: float  # estimated effective FLOPs of the unpruned model
+    flops_after: float  # estimated effective FLOPs once ``order`` is removed
+    target_reduction: float
+
+    @property
+    def estimated_reduction(self) -> float:
+        """Dense FLOPs over the estimated effective FLOPs after pruning."""
+        return self.flops_dense / self.flops_after
+
+    def removed(self, fraction: float = 1.0) -> list[tuple[str, int]]:
+        """The first ``fraction`` of the removal order (a gradual schedule's masks)."""
+        return self.order[: round(len(self.order) * min(max(fraction, 0.0), 1.0))]
+
+    def keep(self, fraction: float = 1.0) -> dict[str, list[int]]:
+        """Kept channel indices of every group after removing :meth:`removed` ``(fraction)``."""
+        gone: dict[str, set[int]] = {}
+        for name, channel in self.removed(fraction):
+            gone.setdefault(name, set()).add(channel)
+        return {name: [c for c in range(width) if c not in gone.get(name, ())] for name, width in self.widths.items()}
+
+    def kept_widths(self) -> dict[str, int]:
+        """Group widths after the whole plan."""
+        return {name: len(kept) for name, kept in self.keep().items()}
+
+
+def plan_pruning(
+    model: SpikingYOLO,
+    calibration: Calibration,
+    target_reduction: float,
+    floor: float = 0.25,
+    min_channels: int = 2,
+    cost_weight: float = 1.0,
+) -> PrunePlan:
+    """Rank channels globally and remove them until effective FLOPs ≤ dense / ``target_reduction``.
+
+    Each step removes, among the groups still above their floor (``max(min_channels, ceil(floor · unpruned
+    width))``), the least important remaining channel by ``importance / (saving / mean saving) ** cost_weight``,
+    where ``saving`` is the FLOPs its removal saves now. Stops early (with a plan short of the target) when every
+    group sits at its floor.
+    """
+    if target_reduction < 1:
+        raise ValueError(f"target FLOPs reduction must be >= 1, got {target_reduction}")
+    if not 0 < floor <= 1:
+        raise ValueError(f"floor must be in (0, 1], got {floor}")
+    cost = CostModel(model, calibration.layers)
+    widths = dict(cost.widths)
+    dense_widths = dataclasses.replace(model.config, channels=()).widths()
+    floors = {n: min(widths[n], max(min_channels, math.ceil(floor * dense_widths[n]))) for n in widths}
+    queues = {n: torch.argsort(calibration.importance[n], stable=True).tolist() for n in widths}
+    flops_before = flops = cost.flops(widths)
+    goal = cost.dense / target_reduction
+    order: list[tuple[str, int]] = []
+    while flops > goal:
+        savings = {n: cost.saving(n, widths) for n in widths if widths[n] > floors[n]}
+        if not savings:
+            break
+        mean_saving = sum(savings.values()) / len(savings)
+        name = min(savings, key=lambda n: float(calibration.importance[n][queues[n][0]])
+                   / (max(savings[n], _EPS) / mean_saving) ** cost_weight)
+        order.append((name, queues[name].pop(0)))
+        widths[name] -= 1
+        flops = cost.flops(widths)
+    return PrunePlan(order, dict(cost.widths), cost.dense, flops_before, flops, target_reduction)
+
+
+class ChannelMasks:
+    """Keep-masks on channel groups, applied by hooks (the weights are untouched): a context manager.
+
+    A masked LIF gets zero current on the channel, so it never charges or fires and its readers see nothing; a masked
+    head layer outputs zero on the channel. The weights reading a masked channel are zeroed too (:meth:`zero_weights`):
+    a quantized conv's per-output-channel scale is the max over its input weights, which must not see channels that
+    removal drops. The masked model therefore computes what :func:`remove_channels` builds. The hooks are closures
+    over shared mask tensors, so deep copies of the model (EMA) follow every mask update; their weights are zeroed by
+    calling :meth:`zero_weights` on them (a trainer does it after every step).
+    """
+
+    def __init__(self, model: SpikingYOLO) -> None:
+        self.model = model
+        self.groups = channel_groups(model)
+        self.masks = {name: torch.ones(g.width) for name, g in self.groups.items()}
+        self._handles: list[Any] = []
+        for name, g in self.groups.items():
+            mask = self.masks[name]
+            self._handles += [lif.register_forward_pre_hook(_mask_input(mask)) for lif in g.lifs]
+            self._handles += [m.register_forward_hook(_mask_output(mask)) for m in g.gated]
+
+    def __enter__(self) -> ChannelMasks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_removed(self, removed: Iterable[tuple[str, int]]) -> None:
+        """Mask exactly the ``(group, channel)`` pairs in ``removed``; every other channel passes."""
+        for mask in self.masks.values():
+            mask.fill_(1)
+        for name, channel in removed:
+            self.masks[name][channel] = 0
+        self.zero_weights(self.model)
+
+    @torch.no_grad()
+    def zero_weights(self, model: SpikingYOLO) -> None:
+        """Zero the input weights of every masked channel in ``model`` (this model or a copy of it, e.g. the EMA)."""
+        for name, group in channel_groups(model).items():
+            masked = (self.masks[name] == 0).nonzero()[:, 0]
+            if len(masked):
+                for conv in group.consume:
+                    conv.weight.index_fill_(1, masked.to(conv.weight.device), 0)
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _mask_input(mask: Tensor) -> Callable[..., tuple[Any, ...]]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]  # [T, B, C, H, W] or [B, C, H, W] current
+        return (x * mask.to(x.device, x.dtype).view(-1, 1, 1), *args[1:])
+
+    return hook
+
+
+def _mask_output(mask: Tensor) -> Callable[..., Tensor]:
+    def hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+        return out * mask.to(out.device, out.dtype).view(-1, 1, 1)  # out: [B, C, h, w]
+
+    return hook
+
+
+def remove_channels(model: SpikingYOLO, keep: Mapping[str, Sequence[int]]) -> SpikingYOLO:
+    """A new, smaller detector holding only the ``keep`` channels of each named group (others stay whole).
+
+    Convs, BNs and LIFs (per-channel θ included) are sliced; the result is rebuilt from a config whose ``channels``
+    records every narrowed width, and loads the sliced weights strictly. Outputs equal those of ``model`` with the
+    other channels masked (:class:`ChannelMasks`).
+    """
+    narrowed = copy.deepcopy(model)
+    groups = channel_groups(narrowed)
+    widths = model.config.widths()
+    for name, channels in keep.items():
+        if name not in groups:
+            raise ValueError(f"unknown channel group {name!r}; groups are {sorted(groups)}")
+        index = torch.as_tensor(sorted(set(channels)), dtype=torch.long)
+        if not len(index) or int(index[0]) < 0 or int(index[-1]) >= widths[name]:
+            raise ValueError(f"group {name!r} ({widths[name]} channels) must keep 1..{widths[name]} valid channels")
+        for module in groups[name].produce:
+            _narrow_output(module, index)
+        for conv in groups[name].consume:
+            _narrow_input(conv, index)
+        widths[name] = len(index)
+    dense = dataclasses.replace(model.config, channels=()).widths()
+    config = dataclasses.replace(model.config, channels={n: w for n, w in widths.items() if w != dense[n]})
+    pruned = build_detector(config)
+    pruned.load_state_dict(narrowed.state_dict(), strict=True)
+    return pruned.train(model.training)
+
+
+def _sliced(tensor: Tensor, index: Tensor, dim: int) -> Tensor:
+    out = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
+    return nn.Parameter(out, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else out
+
+
+def _narrow_output(module: nn.Module, index: Tensor) -> None:
+    if isinstance(module, nn.Conv2d):
+        module.weight = _sliced(module.weight, index, 0)
+        if module.bias is not None:
+            module.bias = _sliced(module.bias, index, 0)
+        if module.groups > 1:  # depthwise: one input channel per output channel
+            module.in_channels = module.groups = len(index)
+        module.out_channels = len(index)
+    elif isinstance(module, nn.BatchNorm2d):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            setattr(module, name, _sliced(getattr(module, name), index, 0))
+        module.num_features = len(index)
+    elif isinstance(module, IntegerLIF):
+        if module.log_threshold.dim() > 0:  # per-channel θ: [C, 1, 1]
+            module.log_threshold = _sliced(module.log_threshold, index, 0)
+        module.channels = len(index)
+    else:
+        raise TypeError(f"cannot narrow {type(module).__name__}")
+
+
+def _narrow_input(conv: nn.Conv2d, index: Tensor) -> None:
+    conv.weight = _sliced(conv.weight, index, 1)
+    conv.in_channels = len(index)

@@ -1,0 +1,204 @@
+"""Channel pruning: masks equal removal, shapes stay consistent through residuals and the FPN, plans, CLI round trip."""
+
+import dataclasses
+import itertools
+import json
+
+import pytest
+import torch
+
+from app.cli import main
+from app.pruning import cubic_ramp
+from data.formats.labels import read_labels
+from models.checkpoint import load_detector, read_checkpoint
+from models.detector import DetectorConfig, build_detector, default_widths
+from models.flops import static_counts
+from models.neuron import IntegerLIF, NeuronConfig
+from models.prune import (
+    ChannelMasks,
+    _narrow_output,
+    channel_groups,
+    channel_importance,
+    plan_pruning,
+    remove_channels,
+)
+from models.state import state_nbytes
+
+TINY = {"bins": 2, "input_width": 96, "input_height": 64}
+SAMPLE = "data/samples/street_td.dat"
+
+
+def _input(cfg, seed=0, batch=2):
+    h, w = cfg.padded_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (cfg.bins, batch, 2, h, w), generator=g, dtype=torch.uint8)
+
+
+def _calibrated(cfg):
+    """A fresh detector with BN statistics from a few windows, so deep layers fire in eval mode."""
+    model = build_detector(cfg).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        for seed in range(3):
+            model(_input(cfg, seed))
+    return model.eval()
+
+
+def _every_third(model):
+    """Remove every third channel of every group (a pattern that hits residual streams, the FPN and the head)."""
+    return [(name, c) for name, g in channel_groups(model).items() for c in range(0, g.width, 3)]
+
+
+@pytest.mark.parametrize(
+    "variant, scale", [("spquant", "n"), ("baseline", "n"), ("spquant", "m")]  # m: identity-shortcut blocks
+)
+def test_removal_equals_the_masked_model(variant, scale):
+    cfg = DetectorConfig(variant=variant, scale=scale, **TINY)
+    model = _calibrated(cfg)
+    removed = _every_third(model)
+    x0, x1 = _input(cfg, 5), _input(cfg, 6)
+    with ChannelMasks(model) as masks, torch.no_grad():
+        masks.set_removed(removed)
+        _, state = model(x0)
+        masked, masked_state = model(x1, state)
+    gone = set(removed)
+    keep = {name: [c for c in range(g.width) if (name, c) not in gone] for name, g in channel_groups(model).items()}
+    pruned = remove_channels(model, keep)
+    with torch.no_grad():
+        _, state = pruned(x0)
+        out, pruned_state = pruned(x1, state)
+    assert out.shape == masked.shape
+    assert torch.allclose(out, masked, atol=1e-4)
+    assert pruned.config.widths() == {name: len(kept) for name, kept in keep.items()}
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    assert state_nbytes(pruned_state) < state_nbytes(masked_state)
+    dense = sum(c.flops for c in static_counts(model))
+    assert sum(c.flops for c in static_counts(pruned)) < dense
+
+
+def test_masks_without_removal_change_nothing_and_hooks_go_away():
+    cfg = DetectorConfig(**TINY)
+    model = _calibrated(cfg)
+    x = _input(cfg)
+    with torch.no_grad():
+        before, _ = model(x)
+        with ChannelMasks(model):
+            unmasked, _ = model(x)
+        after, _ = model(x)
+    assert torch.equal(before, unmasked) and torch.equal(before, after)
+
+
+def test_removed_model_trains_and_its_config_round_trips():
+    cfg = DetectorConfig(**TINY)
+    model = _calibrated(cfg)
+    pruned = remove_channels(model, {"stage1": list(range(0, 64, 2)), "neck": [0, 5, 9], "head0.box.1": [1, 2]})
+    assert pruned.config.channels == (("head0.box.1", 2), ("neck", 3), ("stage1", 32))
+    assert DetectorConfig.from_dict(pruned.config.to_dict()) == pruned.config
+    out, _ = pruned.train()(_input(cfg))
+    (out["scores"].sum() + out["boxes"].sum()).backward()
+    assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)
+
+
+def test_per_channel_threshold_is_sliced():
+    lif = IntegerLIF(NeuronConfig(per_channel_threshold=True), channels=4)
+    with torch.no_grad():
+        lif.log_threshold.copy_(torch.arange(4.0).view(4, 1, 1))
+    _narrow_output(lif, torch.tensor([1, 3]))
+    assert lif.channels == 2 and lif.log_threshold.flatten().tolist() == [1.0, 3.0]
+    spikes, state = lif(torch.ones(1, 1, 2, 3, 3))
+    assert spikes.shape == state.unsqueeze(0).shape == (1, 1, 2, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "channels, message",
+    [({"stem9": 4}, "unknown channel group"), ({"neck": 999}, "must be an int in 1.."), ({"neck": 0}, "1..")],
+)
+def test_bad_channel_widths_are_rejected(channels, message):
+    with pytest.raises(ValueError, match=message):
+        DetectorConfig(channels=channels)
+    with pytest.raises(ValueError, match="unknown channel group"):
+        remove_channels(build_detector(DetectorConfig(**TINY)), {"nope": [0]})
+
+
+def test_default_widths_match_the_built_model():
+    for scale in ("n", "m"):
+        cfg = DetectorConfig(scale=scale, **TINY)
+        groups = channel_groups(build_detector(cfg))
+        assert {n: g.width for n, g in groups.items()} == default_widths(scale, 2, 16) == cfg.widths()
+
+
+def test_plan_reaches_its_estimate_and_respects_floors():
+    cfg = DetectorConfig(**TINY)
+    model = _calibrated(cfg)
+    calibration = channel_importance(model, [SAMPLE], max_windows=6)
+    assert calibration.windows == 6
+    assert set(calibration.importance) == set(cfg.widths())
+    assert all(torch.isclose(s.mean(), torch.tensor(1.0), atol=1e-3) for s in calibration.importance.values()
+               if s.sum() > 0)
+    plan = plan_pruning(model, calibration, 2.0, floor=0.25)
+    assert plan.estimated_reduction >= 2.0
+    assert len(set(plan.order)) == len(plan.order)
+    dense = cfg.widths()
+    assert all(w >= max(2, -(-dense[n] // 4)) for n, w in plan.kept_widths().items())
+    half = plan.keep(0.5)
+    assert all(len(half[n]) >= len(plan.keep()[n]) for n in half)
+    with pytest.raises(ValueError, match=">= 1"):
+        plan_pruning(model, calibration, 0.5)
+
+
+def test_cubic_ramp():
+    values = [cubic_ramp(step, 10) for step in range(15)]
+    assert values[0] == 0 and values[10:] == [1.0] * 5
+    assert all(a < b for a, b in itertools.pairwise(values[:11]))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    data = root / "data"
+    assert main(["synth", str(data), "--recordings", "1", "--duration", "1.2", "--seed", "4", "--quiet"]) == 0
+    tiny = ["input_width=80", "input_height=64", "bins=2", "batch=2", "seq_len=2", "val_recordings=1",
+            "warmup_steps=2", "threads=2"]
+    assert main(["train", f"data={data}", "epochs=1", f"project={root}", "name=t", *tiny, "--quiet"]) == 0
+    return root, data
+
+
+def test_prune_save_load_eval_predict_report_round_trip(tiny_run, capsys):
+    root, data = tiny_run
+    out = root / "pruned.pt"
+    args = ["prune", "--model", str(root / "t" / "weights" / "best.pt"), "--data", str(data),
+            "--target-flops-reduction", "4", "--finetune-epochs", "1", "--out", str(out), "--head-bits", "8",
+            "--calibration-windows", "20", "--threads", "2", "--project", str(root), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["removed_channels"] > 0 and summary["measured"]["flops_reduction"] > 1.2
+    payload = read_checkpoint(out)
+    assert payload["detector"]["channels"] and payload["detector"]["head_bits"] == 8 and "prune" in payload
+    model = load_detector(out)
+    assert model.config.pruned and dataclasses.replace(model.config, channels=()).widths() != model.config.widths()
+    assert main(["eval", "--model", str(out), "--data", str(data), "--split", "test", "--json",
+                 "--save-dir", str(root / "dt")]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["AP"] <= 1
+    source = next((data / "test").glob("*_td.dat"))
+    assert main(["predict", str(source), "--model", str(out), "--out", str(root / "p.npy"), "--conf", "0.001"]) == 0
+    saved = read_labels(root / "dt" / source.name.replace("_td.dat", "_bbox.npy"))
+    assert len(saved) and (read_labels(root / "p.npy") == saved).all()
+    capsys.readouterr()
+    assert main(["report", "--model", str(out), "--data", str(data), "--windows", "10", "--plot",
+                 str(root / "r.png"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"]["pruned"] and report["params"] < report["params_dense"]
+    assert (root / "r.png").stat().st_size > 0
+
+
+def test_prune_rejects_bad_input(tiny_run, capsys):
+    root, data = tiny_run
+    model = str(root / "t" / "weights" / "best.pt")
+    assert main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "0.5",
+                 "--out", str(root / "x.pt")]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    assert main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "2",
+                 "--out", str(root / "x.onnx")]) == 2
+    assert ".pt" in capsys.readouterr().err
