@@ -202,3 +202,14 @@ def test_prune_rejects_bad_input(tiny_run, capsys):
     assert main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "2",
                  "--out", str(root / "x.onnx")]) == 2
     assert ".pt" in capsys.readouterr().err
+
+
+def test_one_shot_prune_without_fine_tuning(tiny_run, capsys):
+    root, data = tiny_run
+    out = root / "one_shot.pt"
+    assert main(["prune", "--model", str(root / "t" / "weights" / "best.pt"), "--data", str(data),
+                 "--target-flops-reduction", "4", "--finetune-epochs", "0", "--calibration-windows", "10",
+                 "--eval-split", "none", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["run_dir"] is None and "metrics" not in summary and summary["removed_channels"] > 0
+    assert load_detector(out).config.widths() == summary["widths_after"]
