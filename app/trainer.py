@@ -28,7 +28,7 @@ from data.box_filter import BoxFilter
 from data.gen1 import list_recordings
 from data.representation import StackedHistogram
 from data.sequences import SequenceStreams
-from models.checkpoint import read_checkpoint, save_checkpoint
+from models.checkpoint import load_detector, read_checkpoint, save_checkpoint
 from models.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.loss import DetectionLoss, select_images
 from models.state import detach_state, reset_state
@@ -51,6 +51,22 @@ def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
         membrane_lb=float(config["membrane_lb"]),
         leak=float(config["leak"]),
     )
+
+
+def architecture_keys(detector: DetectorConfig) -> dict[str, Any]:
+    """The training-config keys that describe ``detector`` (inverse of :func:`detector_config_from`)."""
+    return {
+        "variant": detector.variant,
+        "scale": detector.scale,
+        "bins": detector.bins,
+        "window_us": detector.window_us,
+        "cutoff": detector.cutoff,
+        "input_width": detector.input_width,
+        "input_height": detector.input_height,
+        "weight_bits": detector.weight_bits,
+        "membrane_lb": detector.membrane_lb,
+        "leak": detector.leak,
+    }
 
 
 def _device(name: str, local_rank: int) -> torch.device:
@@ -106,6 +122,10 @@ class Trainer:
             config = {**self.resumed["train_config"], "resume": str(resume)}
         if not config.get("data"):
             raise ValueError("no training data: pass data=ROOT (a Gen1-layout folder, e.g. from `spquant synth`)")
+        if model is None and config.get("init"):  # also on resume: a pruned start cannot be rebuilt from keys
+            model = load_detector(config["init"]).train()
+        if model is not None:  # the starting model's architecture wins over the config's (recorded as trained)
+            config = {**config, **architecture_keys(model.config)}
         self.config = config
         if config["threads"] > 0:
             torch.set_num_threads(config["threads"])

@@ -110,9 +110,24 @@ def test_resume_continues_after_the_last_finished_epoch(trained, tmp_path, capsy
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
 
 
+def test_init_starts_a_new_run_from_a_checkpoint_and_keeps_its_architecture(trained, tiny_dataset, tmp_path):
+    init = trained / "weights" / "best.pt"
+    # a vanishing learning rate and no EMA: the new run's weights must still be the checkpoint's
+    args = ["train", f"data={tiny_dataset}", f"init={init}", "epochs=1", "lr=1e-12", "ema_decay=0", "input_width=304",
+            f"project={tmp_path}", "name=longer", "batch=2", "seq_len=2", "val_recordings=1", "threads=2"]
+    assert main([*args, "--quiet"]) == 0
+    start, after = read_checkpoint(init), read_checkpoint(tmp_path / "longer" / "weights" / "last.pt")
+    assert after["detector"] == start["detector"]  # input_width=304 lost to the checkpoint's 80
+    for name, tensor in start["model"].items():
+        if tensor.is_floating_point() and "running_" not in name:  # BN statistics move in train mode at any lr
+            assert torch.allclose(after["model"][name], tensor, atol=1e-6), name
+    assert "input_width: 80" in (tmp_path / "longer" / "config.yaml").read_text()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["train", "data=/tmp", "init=/nonexistent.pt"], "no such"),
         (["train", "epochz=3"], "unknown config key"),
         (["train", "epochs=three"], "must be a number"),
         (["train", "epochs=1"], "no training data"),
