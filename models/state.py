@@ -7,7 +7,8 @@ integer inference); a block's or a network's state nests them in dicts keyed by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -52,3 +53,39 @@ def state_nbytes(state: State) -> int:
     if isinstance(state, dict):
         return sum(state_nbytes(sub) for sub in state.values())
     raise TypeError(f"state must be a tensor, a dict of states or None, got {type(state).__name__}")
+
+
+def stack_states(states: Sequence[State]) -> State:
+    """One batched state from per-stream states (concatenated along the batch dimension, in order).
+
+    ``None`` entries (fresh streams) become zeros shaped like the others; all ``None`` gives ``None``.
+    """
+    known = next((s for s in states if s is not None), None)
+    if known is None:
+        return None
+    parts = [_map(known, torch.zeros_like) if s is None else s for s in states]
+    return _concat(parts)
+
+
+def _concat(parts: Sequence[State]) -> State:
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts, dim=0)  # type: ignore[arg-type]
+    if isinstance(first, dict):
+        if any(not isinstance(p, dict) or p.keys() != first.keys() for p in parts):
+            raise ValueError("states to stack must come from the same model (different layer names)")
+        return {name: _concat([p[name] for p in parts]) for name in first}  # type: ignore[index]
+    raise TypeError(f"state must be a tensor, a dict of states or None, got {type(first).__name__}")
+
+
+def split_state(state: State, sizes: Sequence[int]) -> list[State]:
+    """Undo :func:`stack_states`: per-stream states with ``sizes`` samples each.
+
+    The parts are copies, so a stream's state does not keep the whole batch's memory alive.
+    """
+    if state is None:
+        return [None] * len(sizes)
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return [_map(state, lambda t, a=a, b=b: t[a:b].clone()) for a, b in pairwise(offsets)]

@@ -1,14 +1,16 @@
 """Streaming detection: one window at a time, state carried — the single code path of eval, predict and the service.
 
 ``StreamingDetector.step(events, t_start, state) -> (detections, state)`` turns one window of sensor events into
-boxes in the sensor's coordinates, stamped with the window's end time; ``run`` does it for a whole recording. The
+boxes in the sensor's coordinates, stamped with the window's end time; ``run`` does it for a whole recording;
+:func:`step_batch` runs one window of each of several streams as one forward pass (the service under load). The
 model is anything with a ``config`` and ``model(x, state) -> (y, state)``: the trained (fake-quant or FP32)
 :class:`~models.detector.SpikingYOLO` or the integer :class:`~models.runtime.Runtime`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +21,7 @@ from data.geometry import Letterbox
 from data.representation import StackedHistogram
 from data.windows import Window
 from models.detector import DetectorConfig
+from models.state import split_state, stack_states
 from models.ultralytics_parts import non_max_suppression
 
 
@@ -68,9 +71,12 @@ class StreamingDetector:
 
     def step(self, events: np.ndarray, t_start: int, state: Any = None) -> tuple[np.ndarray, Any]:
         """Detect in the window ``[t_start, t_start + Δ)`` of sensor ``events``; returns label-dtype boxes."""
-        counts = self.histogram(self.letterbox.map_events(events), t_start)  # [T, 2, H, W] uint8
-        dets, state = self.detect(counts, state)
+        dets, state = self.detect(self.counts(events, t_start), state)
         return self._to_boxes(dets, t_start + self.window_us), state
+
+    def counts(self, events: np.ndarray, t_start: int) -> np.ndarray:
+        """The network input of one window: its events letterboxed and binned, ``[T, 2, H, W]`` uint8."""
+        return self.histogram(self.letterbox.map_events(events), t_start)
 
     @torch.inference_mode()
     def detect(self, counts: np.ndarray | torch.Tensor, state: Any = None) -> tuple[np.ndarray, Any]:
@@ -78,16 +84,25 @@ class StreamingDetector:
         class`` in input pixels, and the new state."""
         x = torch.as_tensor(counts).unsqueeze(1)  # [T, 1, 2, H, W]
         y, state = self.model(x, state)  # [1, 4 + nc, anchors]
+        return self._nms(y), state
+
+    def _nms(self, y: torch.Tensor) -> np.ndarray:
+        """``[1, 4 + nc, anchors]`` → ``[n, 6]`` rows x1, y1, x2, y2, score, class."""
         (dets,) = non_max_suppression(
             y, conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det, nc=y.shape[1] - 4
-        )  # [n, 6]: x1, y1, x2, y2, score, class
-        return dets.numpy(), state
+        )
+        return dets.numpy()
 
     def run(self, windows: Iterable[Window], state: Any = None) -> Iterator[tuple[Window, np.ndarray]]:
         """Detections of every window, in order, with the state carried from one window to the next."""
         for window in windows:
             dets, state = self.step(window.events, window.t_start, state)
             yield window, dets
+
+    def boxes(self, y: torch.Tensor, t_start: int) -> np.ndarray:
+        """Label-dtype sensor boxes of the window starting at ``t_start`` from its network output
+        ``[1, 4 + nc, anchors]`` (NMS, letterbox undone, stamped with the window's end)."""
+        return self._to_boxes(self._nms(y), t_start + self.window_us)
 
     def _to_boxes(self, dets: np.ndarray, t: int) -> np.ndarray:
         boxes = np.zeros(len(dets), dtype=BBOX_DTYPE)
@@ -97,3 +112,31 @@ class StreamingDetector:
         boxes["class_id"] = dets[:, 5].astype(np.uint32)
         boxes["class_confidence"] = dets[:, 4]
         return self.letterbox.boxes_to_sensor(boxes)
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """One window of one stream: its detector (sensor size, thresholds), events, start time and state."""
+
+    detector: StreamingDetector
+    events: np.ndarray
+    t_start: int
+    state: Any = None
+
+
+@torch.inference_mode()
+def step_batch(jobs: Sequence[WindowJob]) -> list[tuple[np.ndarray, Any]]:
+    """:meth:`StreamingDetector.step` for windows of several streams in one forward pass.
+
+    The jobs' detectors must share one model; each job keeps its own sensor size, thresholds and state (the states
+    are stacked along the batch dimension and split again). Returns ``(boxes, new state)`` per job, in order.
+    """
+    if not jobs:
+        return []
+    model = jobs[0].detector.model
+    if any(job.detector.model is not model for job in jobs):
+        raise ValueError("step_batch: every job's detector must run the same model")
+    x = torch.from_numpy(np.stack([job.detector.counts(job.events, job.t_start) for job in jobs], axis=1))
+    y, state = model(x, stack_states([job.state for job in jobs]))  # x [T, B, 2, H, W] → y [B, 4 + nc, anchors]
+    states = split_state(state, [1] * len(jobs))
+    return [(job.detector.boxes(y[i : i + 1], job.t_start), states[i]) for i, job in enumerate(jobs)]

@@ -1,14 +1,15 @@
 """The loaded detector behind the service: worker threads that run :class:`models.stream.StreamingDetector`.
 
-Every window of every request and stream goes through ``StreamingDetector.step`` — the code path of ``spquant
-predict`` and ``eval`` — on a worker thread, never on the event loop. The model is only read; each caller owns its
-state, so requests and sessions never share one.
+Every window of every request and stream goes through the streaming detector — the code path of ``spquant predict``
+and ``eval`` — on a worker thread, never on the event loop. Stream windows are batched across sessions (one forward
+pass for the windows waiting at that moment, see :mod:`service.batching`), which gives each window exactly what
+``StreamingDetector.step`` gives it alone. The model is only read; each caller owns its state, so requests and
+sessions never share one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,8 @@ from data.windows import iter_windows
 from models.detector import SpikingYOLO
 from models.quant import LevelGrid, QuantConv2d
 from models.state import state_nbytes
-from models.stream import StreamingDetector
+from models.stream import StreamingDetector, WindowJob
+from service.batching import WindowBatcher
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
 from service.schemas import window_json
@@ -34,13 +36,14 @@ T = TypeVar("T")
 class DetectionEngine:
     """One model, shared read-only by every request and session, and the threads that run it."""
 
-    def __init__(self, model: SpikingYOLO, path: Path, threads: int, metrics: Metrics) -> None:
+    def __init__(self, model: SpikingYOLO, path: Path, threads: int, metrics: Metrics, max_batch: int = 16) -> None:
         self.model = model.eval()
         self.path = path
         self.config = model.config
         self.class_names = list(self.config.class_names)
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="spquant-infer")
+        self._batcher = WindowBatcher(self._executor, threads, max_batch, self._batch_done)
         self._info = _describe(model, path)
 
     @property
@@ -62,15 +65,13 @@ class DetectionEngine:
 
     async def step(self, detector: StreamingDetector, events: np.ndarray, t_start: int, state: Any) -> tuple[
             np.ndarray, Any]:
-        """One window of one stream, on an inference thread; returns (boxes, new state)."""
-        return await self.call(self._timed_step, detector, events, t_start, state)
+        """One window of one stream, batched with the other streams' waiting windows; returns (boxes, new state)."""
+        return await self._batcher.step(WindowJob(detector, events, t_start, state))
 
-    def _timed_step(self, detector: StreamingDetector, events: np.ndarray, t_start: int, state: Any) -> tuple[
-            np.ndarray, Any]:
-        start = time.perf_counter()
-        out = detector.step(events, t_start, state)
-        self.metrics.inference_seconds.observe(time.perf_counter() - start)
-        return out
+    def _batch_done(self, windows: int, seconds: float) -> None:
+        self.metrics.batch_windows.observe(windows)
+        for _ in range(windows):  # every window of the batch waited for the whole forward pass
+            self.metrics.inference_seconds.observe(seconds)
 
     def detect(self, detector: StreamingDetector, chunks: Iterable[np.ndarray], max_events: int,
                max_windows: int) -> tuple[int, list[dict[str, Any]]]:
@@ -89,7 +90,8 @@ class DetectionEngine:
         return counter.events, windows
 
     def close(self) -> None:
-        """Stop the worker threads (after the running calls finish)."""
+        """Stop batching and the worker threads (after the running calls finish)."""
+        self._batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detector = await asyncio.to_thread(load_model, path)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(settings.torch_threads)
-        app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics)
+        app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics, settings.max_batch)
         try:
             yield
         finally:

@@ -20,8 +20,13 @@ class Metrics:
             "spquant_windows", "windows run through the detector", ["source"], registry=self.registry
         )
         self.inference_seconds = Histogram(
-            "spquant_window_inference_seconds", "detector time per stream window", buckets=_LATENCY_BUCKETS,
+            "spquant_window_inference_seconds", "detector time per stream window (its whole batch's forward pass)",
+            buckets=_LATENCY_BUCKETS,
             registry=self.registry,
+        )
+        self.batch_windows = Histogram(
+            "spquant_batch_windows", "stream windows per forward pass (batched across sessions)",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
         )
         self.window_latency_seconds = Histogram(
             "spquant_stream_window_latency_seconds",

@@ -26,6 +26,7 @@ class Settings:
             timestamp jumps that would open millions of empty windows).
         api_key: when set, every route but ``/healthz`` and the demo page needs it (header ``X-API-Key``; streams
             may pass ``?api_key=`` since browsers cannot set WebSocket headers).
+        max_batch: most stream windows (of different sessions) run as one forward pass; 1 turns batching off.
         threads: inference worker threads (the model runs there, never on the event loop).
         torch_threads: torch intra-op threads per forward pass. 1 is best for a server: streams run in parallel on
             the worker threads, and several intra-op threads on a busy machine can make a forward pass 100x slower.
@@ -42,13 +43,14 @@ class Settings:
     max_message_bytes: int = 8 << 20
     max_windows: int = 12_000
     api_key: str | None = None
+    max_batch: int = 16
     threads: int = 2
     torch_threads: int = 1
     score_threshold: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("port", "max_sessions", "max_request_bytes", "max_events_per_request", "max_message_bytes",
-                     "max_windows", "threads", "torch_threads"):
+                     "max_windows", "max_batch", "threads", "torch_threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
         if self.idle_timeout_s <= 0:

@@ -1,0 +1,92 @@
+"""Dynamic batching: windows of concurrent streams run as one forward pass.
+
+Each stream session awaits :meth:`WindowBatcher.step` for its windows one after another (its state carries), so a
+batch never holds two windows of one stream. A worker takes the oldest waiting window plus every other window waiting
+at that moment (up to ``max_batch``) and runs them through :func:`models.stream.step_batch` on an inference thread.
+There is no timer: a lone stream is never held back, and under load the next batch fills while the current one runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from models.stream import WindowJob, step_batch
+
+Result = tuple[np.ndarray, Any]
+
+
+class WindowBatcher:
+    """Queue + ``workers`` batching loops on the engine's event loop; the forward passes run on ``executor``.
+
+    ``on_batch(windows, seconds)`` is called after every forward pass (metrics).
+    """
+
+    def __init__(self, executor: Executor, workers: int, max_batch: int,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if workers < 1 or max_batch < 1:
+            raise ValueError(f"workers and max_batch must be positive, got {workers} and {max_batch}")
+        self._executor, self._workers, self.max_batch = executor, workers, max_batch
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[WindowJob, asyncio.Future[Result]]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def step(self, job: WindowJob) -> Result:
+        """``(boxes, new state)`` of one window, computed in a batch with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        if self._queue is None:  # started lazily: the queue and workers belong to the loop that serves requests
+            self._queue = asyncio.Queue()
+            self._tasks = [loop.create_task(self._work(), name=f"spquant-batcher-{i}") for i in range(self._workers)]
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.put_nowait((job, future))
+        return await future
+
+    def close(self) -> None:
+        """Stop the batching loops (windows still queued are cancelled)."""
+        for task in self._tasks:
+            task.cancel()
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._queue.get_nowait()[1].cancel()
+        self._tasks, self._queue = [], None
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        queue, loop = self._queue, asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            live = [(job, future) for job, future in batch if not future.done()]  # a closed session cancelled its own
+            if not live:
+                continue
+            start = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, run_isolated, [job for job, _ in live])
+            if self._on_batch is not None:
+                self._on_batch(len(live), time.perf_counter() - start)
+            for (_, future), result in zip(live, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+def run_isolated(jobs: list[WindowJob]) -> list[Result | Exception]:
+    """:func:`step_batch`, falling back to one job at a time when the batch fails, so that a job that cannot run
+    fails alone (its exception in its place) and the others still get their results."""
+    try:
+        return list(step_batch(jobs))
+    except Exception as exc:
+        if len(jobs) == 1:
+            return [exc]
+    results: list[Result | Exception] = []
+    for job in jobs:
+        results.extend(run_isolated([job]))
+    return results
