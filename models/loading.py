@@ -15,8 +15,11 @@ from models.export import is_spq
 from models.runtime import Runtime
 
 
-def load_model(path: str | os.PathLike[str]) -> SpikingYOLO | Runtime:
+def load_model(path: str | os.PathLike[str], integer: bool = False) -> SpikingYOLO | Runtime:
     """The detector stored at ``path``, in eval mode (a :class:`Runtime` for an exported model).
+
+    ``integer``: fold a quantized checkpoint into the integer :class:`Runtime` (what ``export`` then ``load`` gives);
+    an FP32 checkpoint has no integer form and loads as it is.
 
     Raises:
         FileNotFoundError: no such file.
@@ -25,4 +28,7 @@ def load_model(path: str | os.PathLike[str]) -> SpikingYOLO | Runtime:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
-    return Runtime.load(path) if is_spq(path) else load_detector(path)
+    if is_spq(path):
+        return Runtime.load(path)
+    model = load_detector(path)
+    return Runtime.from_model(model) if integer and model.config.quantized else model

@@ -152,6 +152,7 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
     levels = LevelGrid(neuron.lb, neuron.ub, neuron.step).levels() if neuron.quantize_membrane else []
     return {
         "path": str(path),
+        "runtime": "integer" if hasattr(model, "summary") else "pytorch",
         "variant": cfg.variant,
         "scale": cfg.scale,
         "classes": list(cfg.class_names),

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         path = settings.model or default_model_path()
-        detector = await asyncio.to_thread(load_model, path)
+        detector = await asyncio.to_thread(load_model, path, settings.integer)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(settings.torch_threads)
         app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics, settings.max_batch)

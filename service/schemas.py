@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,6 +92,7 @@ class ModelInfo(BaseModel):
             "examples": [
                 {
                     "path": "models/weights/spquant-n.pt",
+                    "runtime": "integer",
                     "variant": "spquant",
                     "scale": "n",
                     "classes": ["car", "pedestrian"],
@@ -113,6 +114,9 @@ class ModelInfo(BaseModel):
     )
 
     path: str
+    runtime: Literal["integer", "pytorch"] = Field(
+        description="integer: the exported integer runtime (int8 membranes); pytorch: the checkpoint's own model"
+    )
     variant: str
     scale: str
     classes: list[str]

@@ -26,6 +26,9 @@ class Settings:
             timestamp jumps that would open millions of empty windows).
         api_key: when set, every route but ``/healthz`` and the demo page needs it (header ``X-API-Key``; streams
             may pass ``?api_key=`` since browsers cannot set WebSocket headers).
+        integer: run a quantized checkpoint (``.pt``) as the integer runtime it exports to (int8 membranes,
+            integer convolutions: what runs on the edge, and faster); false runs the fake-quant PyTorch model. FP32
+            checkpoints and exported ``.spq`` models run as they are.
         max_batch: most stream windows (of different sessions) run as one forward pass; 1 turns batching off.
         threads: inference worker threads (the model runs there, never on the event loop).
         torch_threads: torch intra-op threads per forward pass. 1 is best for a server: streams run in parallel on
@@ -43,6 +46,7 @@ class Settings:
     max_message_bytes: int = 8 << 20
     max_windows: int = 12_000
     api_key: str | None = None
+    integer: bool = True
     max_batch: int = 16
     threads: int = 2
     torch_threads: int = 1
@@ -75,6 +79,8 @@ class Settings:
             try:
                 if "Path" in kind:
                     values[field.name] = Path(raw)
+                elif kind == "bool":
+                    values[field.name] = _flag(raw)
                 elif "int" in kind:
                     values[field.name] = int(raw)
                 elif "float" in kind:
@@ -85,3 +91,13 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _flag(raw: str) -> bool:
+    """An environment flag: 1/true/yes/on or 0/false/no/off (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

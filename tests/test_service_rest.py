@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from data.formats.dat import encode_dat_records, write_dat
 from data.formats.raw import write_raw
 from data.windows import iter_windows
-from models.checkpoint import load_detector
+from models.loading import load_model
 from models.stream import StreamingDetector
 from service.main import create_app
 from service.schemas import window_json
@@ -50,7 +50,7 @@ def events():
 
 def _reference(checkpoint, ev, width=W, height=H, conf=0.0):
     """What `spquant predict` computes: StreamingDetector.run over iter_windows, serialised like the service."""
-    detector = StreamingDetector(load_detector(checkpoint), conf_thres=conf).for_sensor(width, height)
+    detector = StreamingDetector(load_model(checkpoint, integer=True), conf_thres=conf).for_sensor(width, height)
     return [window_json(w.t_start, w.t_end, boxes, ["car", "pedestrian"])
             for w, boxes in detector.run(iter_windows([ev], detector.window_us))]
 
@@ -68,6 +68,16 @@ def test_health_and_model_info(client):
     assert info["membrane_levels"] == [-1.0, 0.0, 1.0] and info["weight_bits"] == 4
     assert info["params"] > 0 and 0 < info["weight_bytes"] < 4 * info["params"]
     assert info["state_bytes_per_stream"] > 0 and info["channels"] > 0
+    assert info["runtime"] == "integer"  # a quantized checkpoint is served by the integer runtime by default
+
+
+def test_the_fake_quant_model_is_served_when_integer_is_off(checkpoint, events):
+    with TestClient(create_app(Settings(model=checkpoint, score_threshold=0.0, integer=False))) as c:
+        assert c.get("/v1/model").json()["runtime"] == "pytorch"
+        windows = c.post("/v1/detect", content=_records(events), headers=OCTET).json()["windows"]
+    detector = StreamingDetector(load_model(checkpoint), conf_thres=0.0)
+    assert windows == [window_json(w.t_start, w.t_end, boxes, ["car", "pedestrian"])
+                       for w, boxes in detector.run(iter_windows([events], detector.window_us))]
 
 
 def test_detect_records_matches_predict_path_with_aligned_and_empty_windows(client, checkpoint, events):
@@ -228,6 +238,9 @@ def test_settings_from_environment(tmp_path):
         Settings.from_env({"SPQUANT_PORT": "eighty"})
     with pytest.raises(ValueError, match="max_sessions"):
         Settings.from_env({"SPQUANT_MAX_SESSIONS": "0"})
+    assert Settings.from_env({}).integer and not Settings.from_env({"SPQUANT_INTEGER": "Off"}).integer
+    with pytest.raises(ValueError, match="SPQUANT_INTEGER"):
+        Settings.from_env({"SPQUANT_INTEGER": "maybe"})
 
 
 def test_missing_model_fails_at_startup(tmp_path):

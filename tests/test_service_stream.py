@@ -13,7 +13,7 @@ from data.formats.evt2 import encode_evt2
 from data.formats.evt3 import encode_evt3
 from data.formats.recording import open_recording
 from data.windows import iter_windows
-from models.checkpoint import load_detector
+from models.loading import load_model
 from models.stream import StreamingDetector
 from service.main import create_app
 from service.schemas import window_json
@@ -76,8 +76,9 @@ def _stream(ws, ev, encoding="dat", seed=0, config=None):
 
 
 def _expected(checkpoint, source, width=W, height=H):
-    """The messages `spquant predict`'s path gives: StreamingDetector.run over iter_windows of events or a file."""
-    detector = StreamingDetector(load_detector(checkpoint), conf_thres=0.0).for_sensor(width, height)
+    """The messages `spquant predict`'s path gives: StreamingDetector.run over iter_windows of events or a file, with
+    the model the service runs (a quantized checkpoint as the integer runtime: `spquant predict --model X.spq`)."""
+    detector = StreamingDetector(load_model(checkpoint, integer=True), conf_thres=0.0).for_sensor(width, height)
     source = [source] if isinstance(source, np.ndarray) else source
     return [{"type": "detections", **window_json(w.t_start, w.t_end, boxes, ["car", "pedestrian"])}
             for w, boxes in detector.run(iter_windows(source, detector.window_us))]
