@@ -1,13 +1,16 @@
 """Stream load on a local server: N concurrent /v1/stream clients, each playing a recording at the sensor's pace.
 
 For each number of streams: aggregate windows/s, p50/p99 window latency (from sending the message that completes
-a window to receiving its detections), lost or reordered windows, and the server's memory. A level "holds the
-sensor's pace" when every stream got all its windows (20 windows/s each at Δ = 50 ms) with p99 under 100 ms. An
-optional soak run samples the server's memory for several minutes. Writes ``benchmarks/results/service_load.json``.
+a window to receiving its detections), lost or reordered windows, the mean number of windows per forward pass (the
+server's batching) and the server's memory. A level "holds the sensor's pace" when every stream got all its windows
+(20 windows/s each at Δ = 50 ms) with p99 under 100 ms. ``--max-batch 16 1`` repeats the sweep on a server that
+batches up to 16 windows and on one that does not (the baseline, same run). An optional soak run samples the
+server's memory for several minutes. Writes ``benchmarks/results/service_load.json`` and prints a summary.
 
 Usage: ``python benchmarks/service_load.py [--model PATH | --random] [--streams 1 4 16 64] [--seconds 10]
-[--soak-seconds 300]``. The server runs in its own process (``spquant serve``) on 127.0.0.1; ``--url`` targets one
-that is already running on this machine instead.
+[--max-batch 16 1] [--soak-seconds 300]``. The server runs in its own process (``spquant serve``) on 127.0.0.1;
+``--url`` targets one that is already running on this machine instead. The clients run in this process, on the
+same machine: on a small machine they take CPU time from the server.
 """
 
 from __future__ import annotations
@@ -159,9 +162,10 @@ def random_model(path: Path, recording: DatRecording) -> Path:
     return save_checkpoint(path, model.eval())
 
 
-def start_server(model: Path, port: int, max_sessions: int) -> subprocess.Popen[bytes]:
+def start_server(model: Path, port: int, max_sessions: int, max_batch: int) -> subprocess.Popen[bytes]:
     """``spquant serve`` in its own process; returns once /healthz answers."""
-    env = {**os.environ, "SPQUANT_MAX_SESSIONS": str(max_sessions), "SPQUANT_IDLE_TIMEOUT_S": "120"}
+    env = {**os.environ, "SPQUANT_MAX_SESSIONS": str(max_sessions), "SPQUANT_IDLE_TIMEOUT_S": "120",
+           "SPQUANT_MAX_BATCH": str(max_batch)}
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port)],
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -175,27 +179,37 @@ def start_server(model: Path, port: int, max_sessions: int) -> subprocess.Popen[
     raise RuntimeError("the server did not start in 120 s")
 
 
-async def main_async(args: argparse.Namespace, base: str, pid: int | None, recording: DatRecording) -> dict:
+def batch_counts(base: str) -> tuple[float, float]:
+    """(windows, forward passes) the server's batcher has run so far, from its Prometheus metrics."""
+    with urllib.request.urlopen(f"{base}/metrics") as response:
+        lines = response.read().decode().splitlines()
+    values = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("spquant_batch_windows_")}
+    return values.get("spquant_batch_windows_sum", 0.0), values.get("spquant_batch_windows_count", 0.0)
+
+
+async def main_async(args: argparse.Namespace, base: str, pid: int | None, recording: DatRecording,
+                     soak: bool) -> dict:
     records = encode_dat_records(recording.read())
     with urllib.request.urlopen(f"{base}/v1/model") as response:
         info = json.load(response)
     url = base.replace("http", "ws", 1) + "/v1/stream"
     levels = []
     for streams in args.streams:
-        rss_before = rss_mb(pid)
+        rss_before, (windows_before, passes_before) = rss_mb(pid), batch_counts(base)
         level = await run_level(url, streams, records, recording.width, recording.height, args.seconds,
                                 info["window_us"])
+        windows_after, passes_after = batch_counts(base)
+        level["mean_batch"] = (windows_after - windows_before) / max(1.0, passes_after - passes_before)
         level["server_rss_mb_before"], level["server_rss_mb_after"] = rss_before, rss_mb(pid)
         levels.append(level)
         print(json.dumps(level))
     result = {
-        "model": {k: info[k] for k in ("path", "variant", "scale", "input_width", "input_height", "params")},
-        "recording": str(args.recording),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "model": {k: info.get(k) for k in ("path", "runtime", "variant", "scale", "input_width", "input_height",
+                                           "params")},
         "levels": levels,
         "max_streams_at_pace": max((lv["streams"] for lv in levels if lv["at_pace"]), default=0),
     }
-    if args.soak_seconds:
+    if soak and args.soak_seconds:
         samples = []
 
         async def sample() -> None:
@@ -222,32 +236,59 @@ def main() -> None:
     parser.add_argument("--recording", type=Path, default=SAMPLE, help="a .dat recording each stream plays")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[16],
+                        help="one sweep per value on its own server (1 = no batching, the baseline)")
     parser.add_argument("--soak-seconds", type=float, default=0.0, help="memory soak run length (0: none)")
     parser.add_argument("--soak-streams", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     recording = DatRecording(args.recording)
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        process = None
-        if args.url is None:
-            model = random_model(Path(tmp) / "random.pt", recording) if args.random else (
-                args.model or default_model_path())
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            process = start_server(model, port, max(*args.streams, args.soak_streams) + 1)
-            base = f"http://127.0.0.1:{port}"
-        else:
-            base = args.url.rstrip("/")
-        try:
-            result = asyncio.run(main_async(args, base, process.pid if process else None, recording))
-        finally:
-            if process is not None:
-                process.terminate()
-                process.wait(30)
+        model = args.model or default_model_path()
+        if args.random:
+            model = random_model(Path(tmp) / "random.pt", recording)
+        for i, max_batch in enumerate([None] if args.url else args.max_batch):
+            process = None
+            if args.url is None:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = s.getsockname()[1]
+                process = start_server(model, port, max(*args.streams, args.soak_streams) + 1, max_batch)
+                base = f"http://127.0.0.1:{port}"
+            else:
+                base = args.url.rstrip("/")
+            print(f"-- server with max_batch={max_batch or 'as configured'}")
+            try:
+                run = asyncio.run(main_async(args, base, process.pid if process else None, recording, i == 0))
+            finally:
+                if process is not None:
+                    process.terminate()
+                    process.wait(30)
+            runs.append({"max_batch": max_batch, **run})
+    result = {
+        "recording": str(args.recording),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_summary(runs)
     print(f"wrote {args.out}")
+
+
+def print_summary(runs: list[dict]) -> None:
+    """One line per (server, streams): throughput, latency, batching, losses, memory."""
+    print(f"{'max_batch':>9} {'streams':>7} {'win/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch':>5} {'lost':>4} "
+          f"{'reord':>5} {'RSS MiB':>8} pace")
+    for run in runs:
+        for lv in run["levels"]:
+            p50, p99 = (f"{lv[k]:.1f}" if lv[k] is not None else "-" for k in ("p50_ms", "p99_ms"))
+            rss = lv["server_rss_mb_after"]
+            print(f"{run['max_batch'] or '-':>9} {lv['streams']:>7} {lv['windows_per_s']:>7.1f} {p50:>7} {p99:>7} "
+                  f"{lv['mean_batch']:>5.1f} {lv['lost_windows']:>4} {lv['reordered_windows']:>5} "
+                  f"{rss if rss is None else round(rss):>8} {'yes' if lv['at_pace'] else 'no'}")
+        print(f"max_batch={run['max_batch'] or '-'}: {run['max_streams_at_pace']} streams at the sensor's pace")
 
 
 if __name__ == "__main__":
