@@ -13,9 +13,15 @@ as a float32 GEMM (PyTorch has no integer CPU conv) whose every partial sum is a
 exact — bit-identical to int32 accumulation; and the ultralytics Detect head (DFL box decoding, sigmoid scores),
 which reads the firing rates ``spike count / T``, stays float32 as in the trained model.
 
-Speed: the LIF (all T steps of a neuron in registers) and the requantization run as compiled numba loops, and the
-first conv runs event-driven (work ∝ events) when the histogram is sparse; ``runtime.fast = False`` computes the same
-integers with PyTorch ops (the reference the tests compare against, and what the ONNX export traces).
+Speed: the LIF (all T steps of a neuron in registers) and the requantization run as compiled numba loops; the
+first conv runs event-driven (work ∝ events) when the histogram is sparse; 1×1 convs run as matmuls; the FPN's
+upsample-and-add broadcasts in place; and the Detect head runs fused (:class:`~models.fused_head.FusedDetect`: BN
+folded, branches merged, anchors cached; derived at load, the file format is unchanged), which agrees with the Detect
+head to float32 rounding. ``runtime.fast = False`` computes the same integers with PyTorch ops and runs the Detect
+head itself (the bit-exact reference the tests compare against, and what the ONNX export traces).
+
+Batches: ``x [T, B, 2, H, W]`` with a state of int8 ``[B, C, h, w]`` codes runs B independent streams in one call,
+each with the results it gets alone.
 
 Thread-safe for independent states: the module is only read, every call returns a new state, and the compiled
 kernels release the GIL.
@@ -34,6 +40,7 @@ from torch import Tensor, nn
 
 from models.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.export import ExportFormatError, fold, read_spq, unpack_codes
+from models.fused_head import FusedDetect
 from models.stream import StreamingDetector
 
 State = dict[str, Tensor]
@@ -80,6 +87,8 @@ class IntConv(nn.Module):
         self.map = FixedPointMap(tensors, name)
         self.stride, self.padding = tuple(spec["stride"]), tuple(spec["padding"])
         self.square = shape[2] == shape[3] and len(set(self.stride)) == 1 and len(set(self.padding)) == 1
+        # [Cout, Cin] for an unpadded 1×1 conv (run as a matmul), else None
+        self.pointwise = self.weight.flatten(1) if shape[2:] == (1, 1) and self.padding == (0, 0) else None
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the output for an input of ``height`` × ``width``."""
@@ -88,13 +97,22 @@ class IntConv(nn.Module):
                                                                         strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.pointwise is not None:
+            # 1×1: a matmul [Cout, Cin] @ [N, Cin, h·w] skips mkldnn's per-call layout reorders (same integers)
+            x = x[..., ::self.stride[0], ::self.stride[1]]
+            return torch.matmul(self.pointwise, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
         return nn.functional.conv2d(x, self.weight, None, self.stride, self.padding)
 
     def sparse(self, x: Tensor) -> Tensor:
         """:meth:`forward` event-driven (work ∝ non-zero inputs); for square kernels, equal strides and padding."""
         h, w = self.output_size(*x.shape[-2:])
         out = torch.zeros((x.shape[0], self.weight.shape[0], h, w), dtype=torch.float32)
-        _scatter_conv_kernel(x.contiguous().numpy(), self.weight.numpy(), self.stride[0], self.padding[0], out.numpy())
+        x = x.contiguous()
+        if x.dtype == torch.uint8 and x.numel() % 8 == 0:  # event counts: skip 8 zero counts per test
+            _scatter_bytes_kernel(x.numpy(), self.weight.numpy(), self.stride[0], self.padding[0], out.numpy())
+        else:
+            _scatter_conv_kernel(x.to(torch.float32).numpy(), self.weight.numpy(), self.stride[0], self.padding[0],
+                                 out.numpy())
         return out
 
 
@@ -201,6 +219,38 @@ def _scatter_conv_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding
 
 
 @njit(cache=True, nogil=True)
+def _scatter_bytes_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+                          out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # _scatter_conv_kernel for uint8 counts x [N, Cin, H, W] (contiguous, size a multiple of 8): the scan for
+    # non-zero inputs, which dominates at event densities (< 1 %), reads 8 counts per uint64 word.
+    cout, k = weight.shape[0], weight.shape[2]
+    height, width = out.shape[2], out.shape[3]
+    channels, rows, cols = x.shape[1], x.shape[2], x.shape[3]
+    flat = x.ravel()
+    words = flat.view(np.uint64)
+    for i in range(words.size):
+        if words[i] == 0:
+            continue
+        for j in range(8 * i, 8 * i + 8):
+            v = np.float32(flat[j])
+            if v == 0:
+                continue
+            xx, r = j % cols, j // cols
+            y, r = r % rows, r // rows
+            ci, n = r % channels, r // channels
+            for ky in range(k):
+                oy = y + padding - ky
+                if oy < 0 or oy % stride or oy // stride >= height:
+                    continue
+                for kx in range(k):
+                    ox = xx + padding - kx
+                    if ox < 0 or ox % stride or ox // stride >= width:
+                        continue
+                    for co in range(cout):
+                        out[n, co, oy // stride, ox // stride] += v * weight[co, ci, ky, kx]
+
+
+@njit(cache=True, nogil=True)
 def _map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray,
                 out: np.ndarray) -> None:  # pragma: no cover - compiled
     # x [N, C, P] float32 accumulators → out [N, C, P] int64 Q(F) currents
@@ -236,6 +286,8 @@ class Runtime(nn.Module):
             self.head = build_detector(self.config).head
             self.head.load_state_dict({k[5:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("head.")})
             self.head.stride = torch.tensor(self.graph["head"]["strides"], dtype=torch.float32)
+            # Derived at load from the stored head tensors (the file format is unchanged); None: run the head as is
+            self.fused_head = FusedDetect(self.head.eval()) if FusedDetect.supports(self.head) else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             where = f"{source}: " if source else ""
             raise ExportFormatError(f"{where}inconsistent integer model ({type(exc).__name__}: {exc})") from exc
@@ -244,8 +296,8 @@ class Runtime(nn.Module):
         self.source = source
         self.state_shapes = self._state_shapes(*self.config.padded_size)
         self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
-        # Compiled kernels for the LIF and requantization (one pass, no temporaries); False: the same integer
-        # arithmetic as PyTorch ops (the reference, and what ONNX export traces).
+        # Compiled kernels for the LIF and requantization (one pass, no temporaries) and the fused head; False: the
+        # same integer arithmetic as PyTorch ops and the Detect head itself (the reference, and what ONNX traces).
         self.fast = True
 
     def summary(self) -> dict[str, int]:
@@ -280,9 +332,9 @@ class Runtime(nn.Module):
         """
         conv = self.convs[_key(name)]
         flat = x.flatten(0, 1)
-        if self.fast and events and conv.square and torch.count_nonzero(flat) <= SPARSE_INPUT * flat.numel():
+        if self.fast and events and conv.square and _nonzero(flat) <= SPARSE_INPUT * flat.numel():
             return conv.sparse(flat).unflatten(0, x.shape[:2])
-        return conv(flat).unflatten(0, x.shape[:2])
+        return conv(flat.to(torch.float32)).unflatten(0, x.shape[:2])  # counts ≤ cutoff: exact in float32
 
     def _current(self, name: str, x: Tensor) -> Tensor:
         """Conv → its map: a real-valued ``Q(F)`` current ``[T, B, C', h, w]`` int64."""
@@ -321,7 +373,6 @@ class Runtime(nn.Module):
         def lif_on_stream(lif: str, current: Tensor) -> Tensor:  # a shared current, rescaled by the LIF's 1/θ
             return self._lif(lif, current, lifs[_key(lif)].map, state, new)
 
-        x = x.to(torch.float32)  # counts ≤ cutoff: exact
         spikes = lif_after_conv(g["stem"]["lif"], g["stem"]["conv"], x, events=True)
         y = self._current(g["stem"]["conv2"], spikes)  # real-valued currents, Q(F)
         features = []
@@ -336,9 +387,15 @@ class Runtime(nn.Module):
                    for lif, conv, f in zip(neck["inputs"], neck["lateral"], features, strict=True)]
         merged = [lateral[-1]]
         for current in reversed(lateral[:-1]):
-            merged.insert(0, current + _upsample_nearest(merged[0], current.shape[-2:]))
+            if self.fast:
+                merged.insert(0, _add_upsampled(current, merged[0]))
+            else:
+                merged.insert(0, current + _upsample_nearest(merged[0], current.shape[-2:]))
         rates = [lif_on_stream(lif, m).mean(0) for lif, m in zip(neck["outputs"], merged, strict=True)]
-        return self.head(rates)[0], new  # rates: spike count / T, [B, C, h, w] float32, as the trained model
+        # rates: spike count / T, [B, C, h, w] float32, as the trained model
+        if self.fast and self.fused_head is not None:
+            return self.fused_head(rates), new
+        return self.head(rates)[0], new
 
     def init_state(self, batch: int = 1) -> State:
         """A fresh state (all membrane codes 0) for ``batch`` streams."""
@@ -392,6 +449,22 @@ class Runtime(nn.Module):
             for name, level_size in zip(names, level_sizes, strict=True):
                 lif(name, level_size)
         return shapes
+
+
+def _nonzero(x: Tensor) -> int:
+    """Count of non-zero entries; numpy counts uint8 (the histogram) ~10× faster than torch."""
+    return int(np.count_nonzero(x.numpy()) if x.dtype == torch.uint8 else torch.count_nonzero(x))
+
+
+def _add_upsampled(fine: Tensor, coarse: Tensor) -> Tensor:
+    """``fine + _upsample_nearest(coarse, fine's size)`` for integer ``[..., h, w]`` currents; for an integer
+    factor in place on ``fine`` (a fresh current), with ``coarse`` broadcast over each block (no upsampled copy)."""
+    (h, w), (ch, cw) = fine.shape[-2:], coarse.shape[-2:]
+    if h % ch or w % cw or not fine.is_contiguous():
+        return fine + _upsample_nearest(coarse, (h, w))
+    # nearest source index floor(i · ch / h) = i // (h / ch): row block i // f reads coarse row i
+    fine.view(*fine.shape[:-2], ch, h // ch, cw, w // cw).add_(coarse[..., :, None, :, None])
+    return fine
 
 
 def _upsample_nearest(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:

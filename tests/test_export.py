@@ -178,8 +178,10 @@ def test_cli_export_then_predict_and_eval_with_the_exported_model(tmp_path, caps
         assert main(["predict", SAMPLE, "--model", model, "--out", str(target)]) == 0
         dets[name] = np.load(target)
     assert len(dets["pt"]) > 0
-    for field in ("t", "x", "y", "w", "h", "class_id"):
+    for field in ("t", "class_id"):
         assert np.array_equal(dets["pt"][field], dets["spq"][field]), field
+    for field in ("x", "y", "w", "h"):  # the runtime's fused Detect head: equal to float32 rounding
+        assert np.allclose(dets["pt"][field], dets["spq"][field], rtol=0, atol=1e-3), field
     assert np.abs(dets["pt"]["class_confidence"] - dets["spq"]["class_confidence"]).max() <= 1e-6
     (tmp_path / "bad.spq").write_bytes(out.read_bytes()[:-10])
     assert main(["predict", SAMPLE, "--model", str(tmp_path / "bad.spq"), "--out",
