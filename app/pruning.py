@@ -9,6 +9,7 @@ hold the full-width masked weights of the fine-tuning (a record, not the pruned 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -39,6 +40,7 @@ class PruneSettings:
     lr: float = 0.002
     warmup_steps: int = 20
     head_bits: int | None = None
+    distill_gain: float = 0.0
     threads: int = 0
     val_recordings: int = 1
     project: str = "runs/prune"
@@ -51,6 +53,8 @@ class PruneSettings:
             raise ValueError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if not 0 < self.ramp <= 1:
             raise ValueError(f"ramp must be in (0, 1], got {self.ramp}")
+        if self.distill_gain < 0:
+            raise ValueError(f"--distill must be >= 0, got {self.distill_gain}")
 
 
 @dataclasses.dataclass
@@ -117,6 +121,8 @@ def prune_detector(
     config = _finetune_config(model, data, settings, train_config)
     from app.trainer import Trainer  # the trainer pulls in the evaluator and plotting; only fine-tuning needs it
 
+    # the unpruned model teaches its pruned self (a copy: the masks zero the fine-tuned model's weights in place)
+    teacher = copy.deepcopy(model) if settings.distill_gain > 0 else None
     masks = ChannelMasks(model)
     trainer: Trainer | None = None
     masked = 0
@@ -133,7 +139,7 @@ def prune_detector(
         if trainer.ema is not None:
             masks.zero_weights(trainer.ema.ema)
 
-    trainer = Trainer(config, progress=progress, model=model.train(), on_step=on_step)
+    trainer = Trainer(config, progress=progress, model=model.train(), on_step=on_step, teacher=teacher)
     trainer.fit()
     masks.set_removed(plan.removed())
     final = trainer.eval_model
@@ -166,6 +172,7 @@ def _finetune_config(model: SpikingYOLO, data: str | os.PathLike[str], settings:
         "epochs": settings.finetune_epochs,
         "lr": settings.lr,
         "warmup_steps": settings.warmup_steps,
+        "distill_gain": settings.distill_gain,
         "threads": settings.threads,
         "val_recordings": settings.val_recordings,
         "project": settings.project,

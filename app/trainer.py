@@ -30,6 +30,7 @@ from data.representation import StackedHistogram
 from data.sequences import SequenceStreams
 from models.checkpoint import load_detector, read_checkpoint, save_checkpoint
 from models.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.distill import DistillationLoss, frozen_teacher
 from models.loss import DetectionLoss, select_images
 from models.state import detach_state, reset_state
 from models.ultralytics_parts import ModelEMA
@@ -108,11 +109,11 @@ class Trainer:
 
     ``model`` starts from a given detector (its weights and architecture, e.g. a pruned one being fine-tuned) instead
     of a fresh one built from ``config``; ``on_step(steps_done)`` is called after every optimizer step (schedules such
-    as gradual pruning masks).
+    as gradual pruning masks); ``teacher`` (or the config's ``teacher`` checkpoint) is distilled into the model.
     """
 
     def __init__(self, config: dict[str, Any], progress: bool = True, model: SpikingYOLO | None = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
+                 on_step: Callable[[int], None] | None = None, teacher: SpikingYOLO | None = None) -> None:
         resume = config.get("resume")
         self.resumed: dict[str, Any] | None = None
         if resume:
@@ -141,6 +142,12 @@ class Trainer:
         if self.world_size > 1:
             self.unroll = nn.parallel.DistributedDataParallel(self.unroll)
         self.loss = DetectionLoss(self.model, config["box_gain"], config["cls_gain"], config["dfl_gain"])
+        if teacher is None and config.get("teacher"):
+            teacher = load_detector(config["teacher"])
+        self.teacher: nn.Module | None = None
+        if teacher is not None:
+            self.teacher = _Unroll(frozen_teacher(teacher).to(self.device))
+            self.distill = DistillationLoss(self.detector_config.reg_max)
         histogram = StackedHistogram(
             bins=config["bins"],
             window_us=config["window_us"],
@@ -217,7 +224,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training streams; returns mean loss parts."""
         self.model.train()
-        state = None
+        state = teacher_state = None
         sums, images = np.zeros(4), 0
         batches = tqdm(
             self.streams.epoch(epoch),
@@ -229,8 +236,13 @@ class Trainer:
         for batch in batches:
             x = torch.from_numpy(batch.inputs).to(self.device)  # [L, B, T, 2, H, W] uint8
             state = detach_state(state)  # truncated BPTT: no gradient into the previous chunk
-            outputs, state = self.unroll(x, torch.from_numpy(batch.reset).to(self.device), state)
+            reset = torch.from_numpy(batch.reset).to(self.device)
+            outputs, state = self.unroll(x, reset, state)
             total = torch.zeros((), device=self.device)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    taught, teacher_state = self.teacher(x, reset, teacher_state)
+                total = total + self._distillation(outputs, taught, batch.valid)
             for i, preds in enumerate(outputs):
                 selected = np.flatnonzero(batch.labelled[i] & batch.valid[i])
                 if len(selected):
@@ -258,6 +270,17 @@ class Trainer:
                 batches.set_postfix(loss=f"{sums[0] / images:.3f}")
         parts = sums / max(images, 1)
         return {"loss": float(parts[0]), "box": float(parts[1]), "cls": float(parts[2]), "dfl": float(parts[3])}
+
+    def _distillation(self, outputs: list[Any], taught: list[Any], valid: np.ndarray) -> torch.Tensor:
+        """Gained distillation loss over every valid window of the chunk (labelled or not)."""
+        total = torch.zeros((), device=self.device)
+        for i, (preds, targets) in enumerate(zip(outputs, taught, strict=True)):
+            selected = np.flatnonzero(valid[i])
+            if len(selected):
+                index = torch.from_numpy(selected).to(self.device)
+                loss, _ = self.distill(select_images(preds, index), select_images(targets, index))
+                total = total + loss
+        return self.config["distill_gain"] * total
 
     def validate(self) -> dict[str, Any]:
         """Prophesee-protocol metrics of the EMA model on the validation split."""

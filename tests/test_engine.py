@@ -124,10 +124,21 @@ def test_init_starts_a_new_run_from_a_checkpoint_and_keeps_its_architecture(trai
     assert "input_width: 80" in (tmp_path / "longer" / "config.yaml").read_text()
 
 
+def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
+    teacher = trained / "weights" / "best.pt"
+    common = ["train", f"data={tiny_dataset}", f"init={teacher}", "epochs=1", "ema_decay=0", f"project={tmp_path}",
+              "batch=2", "seq_len=2", "val_recordings=1", "threads=2"]
+    assert main([*common, "name=plain", "--quiet"]) == 0
+    assert main([*common, "name=taught", f"teacher={teacher}", "distill_gain=5", "--quiet"]) == 0
+    plain, taught = (read_checkpoint(tmp_path / n / "weights" / "last.pt")["model"] for n in ("plain", "taught"))
+    assert any(not torch.equal(plain[k], taught[k]) for k in plain if plain[k].is_floating_point())
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["train", "data=/tmp", "init=/nonexistent.pt"], "no such"),
+        (["train", "data=/tmp", "teacher=/nonexistent.pt"], "no such"),
         (["train", "epochz=3"], "unknown config key"),
         (["train", "epochs=three"], "must be a number"),
         (["train", "epochs=1"], "no training data"),

@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,9 +171,10 @@ def test_prune_save_load_eval_predict_report_round_trip(tiny_run, capsys):
     out = root / "pruned.pt"
     args = ["prune", "--model", str(root / "t" / "weights" / "best.pt"), "--data", str(data),
             "--target-flops-reduction", "4", "--finetune-epochs", "1", "--out", str(out), "--head-bits", "8",
-            "--calibration-windows", "20", "--threads", "2", "--project", str(root), "--json"]
+            "--calibration-windows", "20", "--threads", "2", "--project", str(root), "--distill", "1", "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
+    assert "distill_gain: 1.0" in (Path(summary["run_dir"]) / "config.yaml").read_text()  # taught by the unpruned
     assert summary["removed_channels"] > 0 and summary["measured"]["flops_reduction"] > 1.2
     payload = read_checkpoint(out)
     assert payload["detector"]["channels"] and payload["detector"]["head_bits"] == 8 and "prune" in payload
@@ -202,6 +204,9 @@ def test_prune_rejects_bad_input(tiny_run, capsys):
     assert main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "2",
                  "--out", str(root / "x.onnx")]) == 2
     assert ".pt" in capsys.readouterr().err
+    assert main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "2", "--distill", "-1",
+                 "--out", str(root / "x.pt")]) == 2
+    assert "--distill must be >= 0" in capsys.readouterr().err
 
 
 def test_one_shot_prune_without_fine_tuning(tiny_run, capsys):

@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="0 ranks by importance only; 1 by importance per FLOP saved")
     parser.add_argument("--ramp", type=float, default=0.2, help="share of fine-tuning steps over which masks grow")
     parser.add_argument("--lr", type=float, default=0.002, help="fine-tuning peak learning rate")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="GAIN",
+                        help="distil the unpruned model's head outputs into the pruned one with this gain (0 = off)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--eval-split", default="val", choices=("train", "val", "test", "none"),
                         help="split scored after pruning (none: skip)")
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         ramp=args.ramp,
         lr=args.lr,
         head_bits=args.head_bits,
+        distill_gain=args.distill,
         threads=args.threads,
         project=args.project,
         name=f"{args.out.stem}-finetune",
