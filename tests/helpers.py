@@ -1,8 +1,11 @@
-"""Small event generators for tests."""
+"""Small event generators and detector fixtures for tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+import torch
 
 from data.events import make_events
 
@@ -18,3 +21,18 @@ def random_events(
         rng.integers(0, height, n),
         rng.integers(0, 2, n),
     )
+
+
+def calibrated(model: torch.nn.Module, inputs: Iterable[torch.Tensor]) -> torch.nn.Module:
+    """``model`` in eval mode with batch-norm statistics from ``inputs``, so that a random detector's deep layers fire.
+
+    The statistics are a cumulative average (momentum None): a few windows settle them.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        for x in inputs:
+            model(x)
+    return model.eval()

@@ -16,23 +16,20 @@ from models.checkpoint import save_checkpoint
 from models.detector import DetectorConfig, build_detector
 from service.main import create_app
 from service.settings import Settings
+from tests.helpers import calibrated
 
 TINY_WIDTH, TINY_HEIGHT = 96, 64
 
 
 def tiny_checkpoint(path: Path) -> Path:
     """A small detector whose BN statistics come from a few windows, so that it fires and finds boxes."""
-    model = build_detector(DetectorConfig(bins=2, input_width=TINY_WIDTH, input_height=TINY_HEIGHT)).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: three batches give settled statistics
+    model = build_detector(DetectorConfig(bins=2, input_width=TINY_WIDTH, input_height=TINY_HEIGHT))
     generator = torch.Generator().manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # several intra-op threads are much slower on a busy 2-core machine
     try:
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randint(0, 3, (2, 2, 2, TINY_HEIGHT, TINY_WIDTH), generator=generator, dtype=torch.uint8))
+        calibrated(model, (torch.randint(0, 3, (2, 2, 2, TINY_HEIGHT, TINY_WIDTH), generator=generator,
+                                         dtype=torch.uint8) for _ in range(3)))
     finally:
         torch.set_num_threads(threads)
     return save_checkpoint(path, model.eval())

@@ -7,6 +7,7 @@ from models.checkpoint import CheckpointError, load_detector, read_checkpoint, s
 from models.detector import DetectorConfig, build_detector
 from models.loss import DetectionLoss, select_images
 from models.state import detach_state, reset_state, state_nbytes
+from tests.helpers import calibrated
 
 TINY = {"bins": 2, "input_width": 96, "input_height": 64}
 
@@ -20,14 +21,7 @@ def _input(seed=0, batch=1, cfg=None):
 
 def _calibrated(cfg=None):
     """A fresh detector whose BN statistics come from a few windows, so deep layers fire in eval mode."""
-    model = build_detector(cfg or DetectorConfig(**TINY)).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: a few windows give settled statistics
-    with torch.no_grad():
-        for seed in range(3):
-            model(_input(seed, batch=2))
-    return model.eval()
+    return calibrated(build_detector(cfg or DetectorConfig(**TINY)), (_input(seed, batch=2) for seed in range(3)))
 
 
 @pytest.mark.parametrize("scale", ["n", "s", "m"])

@@ -24,6 +24,7 @@ from models.prune import (
     remove_channels,
 )
 from models.state import state_nbytes
+from tests.helpers import calibrated
 
 TINY = {"bins": 2, "input_width": 96, "input_height": 64}
 SAMPLE = "data/samples/street_td.dat"
@@ -37,14 +38,7 @@ def _input(cfg, seed=0, batch=2):
 
 def _calibrated(cfg):
     """A fresh detector with BN statistics from a few windows, so deep layers fire in eval mode."""
-    model = build_detector(cfg).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        for seed in range(3):
-            model(_input(cfg, seed))
-    return model.eval()
+    return calibrated(build_detector(cfg), (_input(cfg, seed) for seed in range(3)))
 
 
 def _every_third(model):

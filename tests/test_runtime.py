@@ -29,6 +29,7 @@ from models.runtime import Runtime
 from models.state import state_nbytes
 from models.stream import StreamingDetector
 from tests.conftest import REPO
+from tests.helpers import calibrated
 
 SAMPLE = REPO / "data" / "samples" / "street_td.dat"
 FIELDS = ("t", "x", "y", "w", "h", "class_id")
@@ -138,13 +139,8 @@ def _calibrated(cfg: DetectorConfig) -> SpikingYOLO:
     either way); trained models do not have such exact coincidences.
     """
     torch.manual_seed(0)
-    model = build_detector(cfg).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
+    model = calibrated(build_detector(cfg), (_input(cfg, seed, batch=2) for seed in range(3)))
     with torch.no_grad():
-        for seed in range(3):
-            model(_input(cfg, seed, batch=2))
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.6, 1.4)
