@@ -197,25 +197,12 @@ def _scatter_conv_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding
     # Event-driven conv for sparse integer input: x [N, Cin, H, W] float32, weight [Cout, Cin, k, k] float32
     # (integer codes), out [N, Cout, h, w] float32 zeroed by the caller; each non-zero input adds its weights to the
     # outputs it reaches. Same integers as the GEMM (exact below 2^24).
-    cout, k = weight.shape[0], weight.shape[2]
-    height, width = out.shape[2], out.shape[3]
     for n in range(x.shape[0]):
         for ci in range(x.shape[1]):
             for y in range(x.shape[2]):
                 for xx in range(x.shape[3]):
-                    v = x[n, ci, y, xx]
-                    if v == 0:
-                        continue
-                    for ky in range(k):
-                        oy = y + padding - ky
-                        if oy < 0 or oy % stride or oy // stride >= height:
-                            continue
-                        for kx in range(k):
-                            ox = xx + padding - kx
-                            if ox < 0 or ox % stride or ox // stride >= width:
-                                continue
-                            for co in range(cout):
-                                out[n, co, oy // stride, ox // stride] += v * weight[co, ci, ky, kx]
+                    if x[n, ci, y, xx] != 0:
+                        _scatter_input(x[n, ci, y, xx], n, ci, y, xx, weight, stride, padding, out)
 
 
 @njit(cache=True, nogil=True)
@@ -223,8 +210,6 @@ def _scatter_bytes_kernel(x: np.ndarray, weight: np.ndarray, stride: int, paddin
                           out: np.ndarray) -> None:  # pragma: no cover - compiled
     # _scatter_conv_kernel for uint8 counts x [N, Cin, H, W] (contiguous, size a multiple of 8): the scan for
     # non-zero inputs, which dominates at event densities (< 1 %), reads 8 counts per uint64 word.
-    cout, k = weight.shape[0], weight.shape[2]
-    height, width = out.shape[2], out.shape[3]
     channels, rows, cols = x.shape[1], x.shape[2], x.shape[3]
     flat = x.ravel()
     words = flat.view(np.uint64)
@@ -232,22 +217,30 @@ def _scatter_bytes_kernel(x: np.ndarray, weight: np.ndarray, stride: int, paddin
         if words[i] == 0:
             continue
         for j in range(8 * i, 8 * i + 8):
-            v = np.float32(flat[j])
-            if v == 0:
+            if flat[j] == 0:
                 continue
             xx, r = j % cols, j // cols
             y, r = r % rows, r // rows
             ci, n = r % channels, r // channels
-            for ky in range(k):
-                oy = y + padding - ky
-                if oy < 0 or oy % stride or oy // stride >= height:
-                    continue
-                for kx in range(k):
-                    ox = xx + padding - kx
-                    if ox < 0 or ox % stride or ox // stride >= width:
-                        continue
-                    for co in range(cout):
-                        out[n, co, oy // stride, ox // stride] += v * weight[co, ci, ky, kx]
+            _scatter_input(np.float32(flat[j]), n, ci, y, xx, weight, stride, padding, out)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scatter_input(v: float, n: int, ci: int, y: int, xx: int, weight: np.ndarray, stride: int, padding: int,
+                   out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # one non-zero input x[n, ci, y, xx] = v adds v × its weights to every output it reaches
+    cout, k = weight.shape[0], weight.shape[2]
+    height, width = out.shape[2], out.shape[3]
+    for ky in range(k):
+        oy = y + padding - ky
+        if oy < 0 or oy % stride or oy // stride >= height:
+            continue
+        for kx in range(k):
+            ox = xx + padding - kx
+            if ox < 0 or ox % stride or ox // stride >= width:
+                continue
+            for co in range(cout):
+                out[n, co, oy // stride, ox // stride] += v * weight[co, ci, ky, kx]
 
 
 @njit(cache=True, nogil=True)
