@@ -17,7 +17,14 @@ The ``.spq`` file is the safetensors layout (8-byte little-endian header length,
 tensor bytes), written without the safetensors package and loadable by it. The header's ``__metadata__`` holds
 ``format``, ``version``, ``spquant`` (JSON: detector config with class names, graph, per-layer shapes and
 constants) and ``sha256`` over the rest of the header and the data, so a corrupt file is refused. Conv weights are
-stored packed at their bit width (two's complement, little-endian bit order); the float Detect head as float32.
+stored packed at their bit width (two's complement, little-endian bit order). The ultralytics Detect head runs in
+float32: its BN and bias tensors are stored as float32; its conv weights too when ``head_bits`` is 32, else (a
+fake-quantized head) as packed codes at ``head_bits`` plus a float32 scale per output channel (``head_weights`` in the
+description lists them), from which the loader rebuilds the fake-quantized weights ``codes × scale`` without
+re-quantizing them (the forward's ``w + (codes × scale − w)``, bit for bit, but for an ulp on some ternary weights).
+
+Versions: 2 stores a fake-quantized head packed; version 1 stored it as raw float32 weights. A reader takes its own
+version only and refuses any other with a hint to re-export (the checkpoint is the source of truth).
 """
 
 from __future__ import annotations
@@ -33,14 +40,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.blocks import ConvBN
 from models.detector import SpikingYOLO
 from models.neuron import IntegerLIF
-from models.quant import weight_codes
+from models.quant import QuantConv2d, weight_codes
 
 FORMAT = "spquant-integer"
-VERSION = 1
+VERSION = 2  # 2: a fake-quantized Detect head as packed codes and scales (1: float32)
 FRAC_BITS = 24  # fixed-point fraction of currents and membranes
 MULT_BITS = 31  # multipliers are normalised to [2^30, 2^31)
 _FLOAT_EXACT = 2**24  # integers below this are exact in float32, so a float32 conv of integers is integer arithmetic
@@ -188,6 +196,25 @@ class _Folder:
         self.lifs[name] = entry
 
 
+def _head(head: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The Detect head's ``head_weights`` description and ``head.*`` tensors.
+
+    A fake-quantized conv's weight ``[Cout, Cin, k, k]`` is stored as its packed integer codes (``head.<key>``) and
+    float32 scales ``[Cout]`` (``head.<conv>.scale``), described by shape and bits under its state-dict key; every
+    other tensor (BN, biases, full-precision weights) as float32.
+    """
+    tensors = {f"head.{k}": v.detach().cpu().numpy() for k, v in head.state_dict().items()}
+    packed: dict[str, Any] = {}
+    for name, conv in head.named_modules():
+        if isinstance(conv, QuantConv2d) and not conv.quant.full_precision:
+            codes, scale = weight_codes(conv.weight, conv.quant)
+            bits = conv.quant.weight_bits
+            tensors[f"head.{name}.weight"] = pack_codes(codes.numpy(), bits)
+            tensors[f"head.{name}.scale"] = scale.to(torch.float32).numpy()
+            packed[f"{name}.weight"] = {"shape": list(conv.weight.shape), "bits": bits}
+    return packed, tensors
+
+
 def fold(model: SpikingYOLO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The exported description (JSON-able) and tensors of ``model``; shapes come from the modules themselves."""
     cfg = model.config
@@ -221,13 +248,15 @@ def fold(model: SpikingYOLO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         for i, lif in enumerate(model.neck.outputs):
             f.lif(f"neck.outputs.{i}", lif, merged[i])
         head = model.head
-        f.tensors.update({f"head.{k}": v.detach().cpu().numpy() for k, v in head.state_dict().items()})
+        head_weights, head_tensors = _head(head)
+        f.tensors.update(head_tensors)
     levels = len(model.neck.lateral)
     meta = {
         "detector": {**cfg.to_dict(), "class_names": list(cfg.class_names)},
         "frac_bits": FRAC_BITS,
         "convs": f.convs,
         "lifs": f.lifs,
+        "head_weights": head_weights,
         "graph": {
             "stem": {"conv": "backbone.stem1.conv_bn", "lif": "backbone.stem1.lif", "conv2": "backbone.stem2"},
             "stages": stages,

@@ -11,14 +11,15 @@ integer inputs (event counts, binary spikes); BN, weight scales and θ are per-c
 comparisons and clamps on int64 with int8 membrane codes, spikes are 0/1. What is float: the conv accumulation runs
 as a float32 GEMM (PyTorch has no integer CPU conv) whose every partial sum is an integer below 2^24 and hence
 exact — bit-identical to int32 accumulation; and the ultralytics Detect head (DFL box decoding, sigmoid scores),
-which reads the firing rates ``spike count / T``, stays float32 as in the trained model.
+which reads the firing rates ``spike count / T``, stays float32 as in the trained model (a fake-quantized head's conv
+weights are stored as packed codes and scales, and load as the fake-quantized weights ``codes × scale``).
 
 Speed: the LIF (all T steps of a neuron in registers) and the requantization run as compiled numba loops; the
 first conv runs event-driven (work ∝ events) when the histogram is sparse; 1×1 convs run as matmuls; the FPN's
 upsample-and-add broadcasts in place; and the Detect head runs fused (:class:`~models.fused_head.FusedDetect`: BN
-folded, branches merged, anchors cached; derived at load, the file format is unchanged), which agrees with the Detect
-head to float32 rounding. ``runtime.fast = False`` computes the same integers with PyTorch ops and runs the Detect
-head itself (the bit-exact reference the tests compare against, and what the ONNX export traces).
+folded, branches merged, anchors cached; derived at load, not stored), which agrees with the Detect head to float32
+rounding. ``runtime.fast = False`` computes the same integers with PyTorch ops and runs the Detect head itself (the
+bit-exact reference the tests compare against, and what the ONNX export traces).
 
 Batches: ``x [T, B, 2, H, W]`` with a state of int8 ``[B, C, h, w]`` codes runs B independent streams in one call,
 each with the results it gets alone.
@@ -29,6 +30,7 @@ kernels release the GIL.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Self
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 from models.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.export import ExportFormatError, fold, read_spq, unpack_codes
 from models.fused_head import FusedDetect
+from models.quant import FULL_PRECISION_BITS
 from models.stream import StreamingDetector
 
 State = dict[str, Tensor]
@@ -255,6 +258,20 @@ def _map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.nda
                 oc[p] = (np.int64(xc[p]) * m + r) >> s
 
 
+def _head_state(packed: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    """The Detect head's state dict from the ``head.*`` tensors: each weight listed in ``packed`` (a fake-quantized
+    conv's) as float32 ``codes × scale`` — the product :func:`models.quant.fake_quant_weight` forms — the rest as
+    stored."""
+    state = {k[5:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("head.")}
+    for key, spec in packed.items():
+        shape, scale = spec["shape"], state.pop(f"{key.removesuffix('.weight')}.scale")
+        if scale.shape != (shape[0],):
+            raise ValueError(f"head.{key}: {tuple(scale.shape)} scales for {shape[0]} output channels")
+        codes = unpack_codes(tensors[f"head.{key}"], spec["bits"], int(np.prod(shape))).reshape(shape)
+        state[key] = torch.from_numpy(codes).to(torch.float32) * scale.view(-1, 1, 1, 1)  # [Cout, Cin, k, k]
+    return state
+
+
 def _key(name: str) -> str:
     return name.replace(".", "/")
 
@@ -275,11 +292,13 @@ class Runtime(nn.Module):
             self.convs = nn.ModuleDict({_key(n): IntConv(s, tensors, n) for n, s in meta["convs"].items()})
             self.lifs = nn.ModuleDict({_key(n): IntLIF(s, tensors, n, meta["frac_bits"])
                                        for n, s in meta["lifs"].items()})
-            # The head is built by the detector's own code from the config (hidden widths of a pruned head, head_bits)
-            self.head = build_detector(self.config).head
-            self.head.load_state_dict({k[5:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("head.")})
+            # The head is built by the detector's own code from the config (hidden widths of a pruned head), with plain
+            # convs: a fake-quantized head's weights load as the codes × scale its forward used, and re-quantizing
+            # them on every call could only add error (it moves a ternary scale by an ulp).
+            self.head = build_detector(dataclasses.replace(self.config, head_bits=FULL_PRECISION_BITS)).head
+            self.head.load_state_dict(_head_state(meta["head_weights"], tensors))
             self.head.stride = torch.tensor(self.graph["head"]["strides"], dtype=torch.float32)
-            # Derived at load from the stored head tensors (the file format is unchanged); None: run the head as is
+            # Derived at load from the head's tensors (not stored); None: run the head as is
             self.fused_head = FusedDetect(self.head.eval()) if FusedDetect.supports(self.head) else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             where = f"{source}: " if source else ""

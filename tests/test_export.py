@@ -1,5 +1,6 @@
 """Integer export: weight packing, fixed-point scales, the .spq file (round trip, checksum, versions), the CLI."""
 
+import dataclasses
 import importlib.util
 import json
 import struct
@@ -14,6 +15,7 @@ from models.checkpoint import CheckpointError, load_detector, save_checkpoint
 from models.detector import DetectorConfig, build_detector
 from models.export import (
     FORMAT,
+    VERSION,
     ExportFormatError,
     export_model,
     fixed_point,
@@ -24,10 +26,12 @@ from models.export import (
     write_spq,
 )
 from models.loading import load_model
+from models.quant import QuantConv2d
 from models.runtime import Runtime
 from tests.conftest import REPO
 
 SAMPLE = str(REPO / "data" / "samples" / "street_td.dat")
+PRUNED = REPO / "models" / "weights" / "spquant-n-pruned.pt"  # a 4-bit Detect head
 TINY = {"bins": 2, "input_width": 96, "input_height": 64}
 
 
@@ -84,6 +88,33 @@ def test_round_trip_keeps_config_graph_and_tensors(exported):
     assert meta["convs"]["backbone.stages.0.0.conv1"]["bits"] == 4
 
 
+def test_a_fake_quantized_head_is_stored_as_packed_codes_and_scales(tmp_path):
+    model = load_detector(PRUNED)
+    bits = model.config.head_bits
+    assert bits == 4
+    meta, tensors = fold(model)
+    convs = {f"{n}.weight": m for n, m in model.head.named_modules() if isinstance(m, QuantConv2d)}
+    assert convs and set(meta["head_weights"]) == set(convs)
+    saved = 0  # bytes below float32 weights
+    for key, conv in convs.items():
+        n, channels = conv.weight.numel(), conv.weight.shape[0]
+        assert meta["head_weights"][key] == {"shape": list(conv.weight.shape), "bits": bits}
+        packed, scale = tensors[f"head.{key}"], tensors[f"head.{key.removesuffix('.weight')}.scale"]
+        assert packed.dtype == np.uint8 and packed.size == -(-n * bits // 8)
+        assert scale.dtype == np.float32 and scale.shape == (channels,)
+        saved += 4 * n - packed.size - 4 * channels
+    others = {k[5:]: v.dtype for k, v in tensors.items()  # BN and biases
+              if k.startswith("head.") and k[5:] not in convs and not k.endswith((".scale", "num_batches_tracked"))}
+    assert set(others.values()) == {np.dtype(np.float32)} and any(k.endswith("bn.running_var") for k in others)
+    # the same weights with a float head (head_bits 32) take the float32 weights: the file is `saved` bytes larger,
+    # less the packed file's longer header (head_weights and the scales' entries)
+    float_head = build_detector(dataclasses.replace(model.config, head_bits=32))
+    float_head.load_state_dict(model.state_dict())
+    packed_size = export_model(model, tmp_path / "packed.spq").stat().st_size
+    float_size = export_model(float_head.eval(), tmp_path / "float.spq").stat().st_size
+    assert saved > 100_000 and saved - 8192 < float_size - packed_size <= saved
+
+
 def test_file_is_readable_by_safetensors(exported):
     safetensors = pytest.importorskip("safetensors.numpy")
     loaded = safetensors.load_file(str(exported))
@@ -104,7 +135,7 @@ def _rewrite_header(path, out, edit):
 
 def test_corrupt_truncated_foreign_and_future_files_are_refused(exported, tmp_path):
     blob = bytearray(exported.read_bytes())
-    blob[-100] ^= 0x01  # one bit of a head weight
+    blob[-100] ^= 0x01  # one bit of a tensor
     (tmp_path / "flipped.spq").write_bytes(bytes(blob))
     with pytest.raises(ExportFormatError, match="checksum"):
         Runtime.load(tmp_path / "flipped.spq")
@@ -117,6 +148,12 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(exported, tmp_pa
 
     with pytest.raises(ExportFormatError, match="version 99"):
         Runtime.load(_rewrite_header(exported, tmp_path / "future.spq", future))
+
+    def old(header):
+        header["__metadata__"]["version"] = "1"  # version 1 stored a fake-quantized head as raw float32 weights
+
+    with pytest.raises(ExportFormatError, match=f"version 1; this spquant reads version {VERSION} .*re-export"):
+        Runtime.load(_rewrite_header(exported, tmp_path / "old.spq", old))
 
     def foreign(header):
         header["__metadata__"]["format"] = "something-else"

@@ -231,6 +231,32 @@ def test_physically_pruned_models_export_and_match():
             assert torch.equal(y_a, y_c)  # the unfused reference path: bit-identical, head included
 
 
+@pytest.mark.parametrize("head_bits", [4, 2])
+def test_a_fake_quantized_head_loads_from_its_packed_codes(head_bits, tmp_path):
+    model = _calibrated(DetectorConfig(**TINY, head_bits=head_bits))
+    path = export_model(model, tmp_path / "m.spq")
+    loaded, unfused, in_memory = Runtime.load(path), Runtime.load(path), Runtime.from_model(model)
+    unfused.fast = False
+    reference = float64_reference(model)
+    state_a = state_b = state_c = state_d = None
+    with torch.no_grad():
+        for seed in range(3):
+            x = _input(model.config, seed, batch=2)
+            y_a, state_a = reference(x, state_a)
+            y_b, state_b = loaded(x, state_b)
+            y_c, state_c = in_memory(x, state_c)
+            y_d, state_d = unfused(x, state_d)
+            assert torch.equal(y_b, y_c) and all(torch.equal(state_b[k], state_c[k]) for k in state_b)
+            assert_same_state(state_a, state_b)
+            assert_same_state(state_a, state_d)
+            assert_same_output(y_a, y_b)
+            assert_same_output(y_a, y_d)
+            if head_bits > 2:
+                # codes × scale is the fake-quant forward's weight to the bit (ternary: to an ulp, as the forward
+                # adds the rounding to the raw weight, w + (q − w), which a weight below q/2 does not undo exactly)
+                assert torch.equal(y_a, y_d)
+
+
 def _rates(head, batch: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
     """Firing rates (spike count / T, T = 5) of ``batch`` streams for each level of ``head`` at input ``size``."""
     g = torch.Generator().manual_seed(seed)
