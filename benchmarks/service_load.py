@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from data.formats.dat import DatRecording, encode_dat_records
 from data.windows import iter_windows
@@ -63,7 +64,7 @@ async def play(url: str, records: np.ndarray, width: int, height: int, seconds: 
     """Play ``records`` (looped, time shifted so it stays non-decreasing) for ``seconds`` at the sensor's pace."""
     loop_us = (int(records["t"][-1]) // window_us + 2) * window_us
     sent: deque[tuple[float, int]] = deque()  # (wall time, last timestamp) of each binary message
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, ping_interval=None) as ws:  # this loop is busy: no keepalive
         await ws.send(json.dumps({"type": "config", "encoding": "dat", "width": width, "height": height}))
         json.loads(await ws.recv())
 
@@ -126,7 +127,13 @@ async def run_level(url: str, streams: int, records: np.ndarray, width: int, hei
     """``streams`` clients at once; their combined figures."""
     stats = [StreamStats() for _ in range(streams)]
     start = time.perf_counter()
-    await asyncio.gather(*(play(url, records, width, height, seconds, window_us, s) for s in stats))
+    outcomes = await asyncio.gather(*(play(url, records, width, height, seconds, window_us, s) for s in stats),
+                                    return_exceptions=True)
+    for s, outcome in zip(stats, outcomes, strict=True):
+        if isinstance(outcome, ConnectionClosed):  # e.g. the server's keepalive gave up on an overloaded client
+            s.errors.append(f"connection closed: {outcome}")
+        elif isinstance(outcome, BaseException):
+            raise outcome
     wall = time.perf_counter() - start
     latencies = np.array([x for s in stats for x in s.latencies]) * 1000
     windows = sum(s.windows for s in stats)

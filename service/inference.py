@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from data.errors import EventValidationError
-from data.events import validate_events
+from data.events import EVENT_DTYPE, validate_events
 from data.windows import iter_windows
 from models.detector import SpikingYOLO
 from models.quant import LevelGrid, QuantConv2d
 from models.state import state_nbytes
-from models.stream import StreamingDetector, WindowJob
+from models.stream import StreamingDetector, WindowJob, step_batch
 from service.batching import WindowBatcher
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
@@ -67,6 +67,11 @@ class DetectionEngine:
             np.ndarray, Any]:
         """One window of one stream, batched with the other streams' waiting windows; returns (boxes, new state)."""
         return await self._batcher.step(WindowJob(detector, events, t_start, state))
+
+    def warm_up(self) -> None:
+        """Run one empty window (blocking): compiled kernels load and buffers are allocated before the first client."""
+        detector = self.detector(self.config.input_width, self.config.input_height, 1.0)
+        step_batch([WindowJob(detector, np.zeros(0, EVENT_DTYPE), 0)])
 
     def _batch_done(self, windows: int, seconds: float) -> None:
         self.metrics.batch_windows.observe(windows)

@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(settings.torch_threads)
         app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics, settings.max_batch)
+        await app.state.engine.call(app.state.engine.warm_up)
         try:
             yield
         finally:
