@@ -38,36 +38,20 @@ from models.ultralytics_parts import ModelEMA
 METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds")
 
 
+# Training-config keys that are DetectorConfig fields (the architecture part of a config).
+ARCHITECTURE_KEYS = ("variant", "scale", "bins", "window_us", "cutoff", "input_width", "input_height", "weight_bits",
+                     "membrane_lb", "leak")
+
+
 def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
     """The architecture part of a training config."""
-    return DetectorConfig(
-        variant=config["variant"],
-        scale=config["scale"],
-        bins=config["bins"],
-        window_us=config["window_us"],
-        cutoff=config["cutoff"],
-        input_width=config["input_width"],
-        input_height=config["input_height"],
-        weight_bits=config["weight_bits"],
-        membrane_lb=float(config["membrane_lb"]),
-        leak=float(config["leak"]),
-    )
+    values = {key: config[key] for key in ARCHITECTURE_KEYS}
+    return DetectorConfig(**{**values, "membrane_lb": float(values["membrane_lb"]), "leak": float(values["leak"])})
 
 
 def architecture_keys(detector: DetectorConfig) -> dict[str, Any]:
     """The training-config keys that describe ``detector`` (inverse of :func:`detector_config_from`)."""
-    return {
-        "variant": detector.variant,
-        "scale": detector.scale,
-        "bins": detector.bins,
-        "window_us": detector.window_us,
-        "cutoff": detector.cutoff,
-        "input_width": detector.input_width,
-        "input_height": detector.input_height,
-        "weight_bits": detector.weight_bits,
-        "membrane_lb": detector.membrane_lb,
-        "leak": detector.leak,
-    }
+    return {key: getattr(detector, key) for key in ARCHITECTURE_KEYS}
 
 
 def _device(name: str, local_rank: int) -> torch.device:

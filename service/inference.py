@@ -2,9 +2,9 @@
 
 Every window of every request and stream goes through the streaming detector — the code path of ``spquant predict``
 and ``eval`` — on a worker thread, never on the event loop. Stream windows are batched across sessions (one forward
-pass for the windows waiting at that moment, see :mod:`service.batching`), which gives each window exactly what
-``StreamingDetector.step`` gives it alone. The model is only read; each caller owns its state, so requests and
-sessions never share one.
+pass for the windows waiting at that moment, see :mod:`service.batching`): each window gets the states
+``StreamingDetector.step`` gives it alone and the same boxes to float rounding. The model is only read; each caller
+owns its state, so requests and sessions never share one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from data.errors import EventValidationError
-from data.events import EVENT_DTYPE, validate_events
+from data.events import empty_events, validate_events
 from data.windows import iter_windows
 from models.detector import SpikingYOLO
 from models.quant import LevelGrid, QuantConv2d
@@ -71,7 +71,7 @@ class DetectionEngine:
     def warm_up(self) -> None:
         """Run one empty window (blocking): compiled kernels load and buffers are allocated before the first client."""
         detector = self.detector(self.config.input_width, self.config.input_height, 1.0)
-        step_batch([WindowJob(detector, np.zeros(0, EVENT_DTYPE), 0)])
+        step_batch([WindowJob(detector, empty_events(), 0)])
 
     def _batch_done(self, windows: int, seconds: float) -> None:
         self.metrics.batch_windows.observe(windows)
