@@ -49,6 +49,20 @@ def _final_stage(path: Path) -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
+def _base_image(path: Path) -> str:
+    """The image the final stage starts from, following ``FROM <stage>`` back to an image."""
+    stages = {}
+    for op, args in _instructions(path):
+        if op == "FROM":
+            words = args.split()
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages[words[2]] = words[0]
+            last = words[0]
+    while last in stages:
+        last = stages[last]
+    return last
+
+
 def test_dockerfiles_exist():
     assert DOCKER / "Dockerfile" in DOCKERFILES
 
@@ -69,7 +83,7 @@ def test_dockerfile_final_stage(dockerfile):
     froms = [args for op, args in instructions if op == "FROM"]
     assert len(froms) >= 2, "multi-stage: a builder stage and a runtime stage"
     final = _final_stage(dockerfile)
-    assert final[0][1].split()[0] == "python:3.11-slim"
+    assert _base_image(dockerfile) == "python:3.11-slim"
     ops = dict(final)
     user = ops["USER"].split(":")[0]
     assert user not in ("root", "0"), "the service must not run as root"
