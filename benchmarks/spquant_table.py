@@ -2,7 +2,9 @@
 
 For each model: AP and AP50 on a split (Prophesee protocol, every recording streamed with its state), memory (weights
 at their bits + the membrane state of one stream) and FLOPs per window with the paper's accounting, both as
-reductions against the FP32 dense baseline (the first model). FLOPs are measured on the same split's recordings.
+reductions against the FP32 dense baseline: the first model of the same scale (so one run can hold several scales,
+each against its own baseline). FLOPs are measured on the same split's recordings. ``--plot`` draws the accuracy /
+FLOPs trade-off with the paper's target region.
 
 Run (the synthetic dataset of the README)::
 
@@ -57,6 +59,7 @@ def measure(name: str, path: Path, data: Path, split: str, windows: int) -> dict
         "name": name,
         "path": str(path),
         "variant": cfg.variant,
+        "scale": cfg.scale,
         "weight_bits": cfg.weight_bits if cfg.quantized else 32,
         "head_bits": cfg.head_bits,
         "membrane": "ternary" if cfg.quantized else "fp32",
@@ -135,11 +138,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("datasets/synth-v1"))
     parser.add_argument("--split", default="test", choices=("val", "test"))
     parser.add_argument("--model", action="append", default=None, metavar="NAME=PATH",
-                        help="a row (repeatable; the first is the reference); default: the three bundled models")
+                        help="a row (repeatable; the first of each scale is its reference); default: the three "
+                        "bundled models")
     parser.add_argument("--windows", type=int, default=600, help="windows measured for FLOPs (0 = all)")
     parser.add_argument("--tile", type=int, default=4, help="tile of the CPU gating check")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw the AP / FLOPs trade-off")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -150,8 +155,10 @@ def main() -> None:
         rows.append(measure(name, Path(path), args.data, args.split, args.windows))
         print(f"measured {name}", flush=True)
     gating = gating_on_cpu(Path(rows[-1]["path"]), args.data, args.split, 100, args.tile)
-    reference = rows[0]
+    references: dict[str, dict[str, Any]] = {}
     for row in rows:
+        reference = references.setdefault(row["scale"], row)
+        row["reference"] = reference["name"]
         row["memory_reduction"] = reference["memory_bytes"] / row["memory_bytes"]
         row["flops_reduction"] = reference["flops_dense"] / row["flops_effective"]
         row["AP_drop_points"] = 100 * (reference["AP"] - row["AP"])
@@ -161,7 +168,7 @@ def main() -> None:
         "threads": args.threads,
         "accounting": "memory = weights at their bits (packed) + one stream's membrane state (packed); FLOPs per "
         "window = conv MACs over kept channels and active positions + non-zero membrane updates; reductions "
-        "against the first row's FP32 dense model",
+        "and AP drop against the FP32 dense model of the first row of the same scale",
         "rows": rows,
         "gating_cpu": gating,
     }
@@ -172,6 +179,44 @@ def main() -> None:
         print(f"tile gating of {g['layer']} (last model, tile {g['tile']}): {g['active_fraction']:.0%} active, "
               f"dense {g['dense_ms_per_window']:.2f} ms vs gated {g['gated_ms_per_window']:.2f} ms per window")
     print(f"wrote {args.out}")
+    if args.plot:
+        plot_tradeoff(rows, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: Path, flops_target: float = 4.7, max_drop: float = 1.8) -> None:
+    """AP change against FLOPs reduction, one series per scale, with the paper's target region shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    right = max(12.0, 1.5 * max(r["flops_reduction"] for r in rows))
+    bottom = min(-4.0, -1.2 * max(r["AP_drop_points"] for r in rows))
+    top = max(1.0, 0.2 * -bottom)
+    ax.fill_between([flops_target, right], -max_drop, top, color="tab:green", alpha=0.15, zorder=0,
+                    label=f"target: ≥{flops_target}× FLOPs, ≤{max_drop} points")
+    for scale in dict.fromkeys(r["scale"] for r in rows):
+        series = [r for r in rows if r["scale"] == scale]
+        ax.plot([r["flops_reduction"] for r in series], [-r["AP_drop_points"] for r in series], "o",
+                label=f"scale {scale}")
+        for r in series:
+            ax.annotate(r["name"], (r["flops_reduction"], -r["AP_drop_points"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ticks = [t for t in (1, 1.5, 2, 3, flops_target, 6, 8, 12, 16) if t <= right]
+    ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlim(0.9, right)
+    ax.set_ylim(bottom, top)
+    ax.set_xlabel("FLOPs reduction vs the scale's FP32 dense baseline (log)")
+    ax.set_ylabel("AP change (points)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
