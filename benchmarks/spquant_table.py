@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from app.evaluator import evaluate_split
 from data.gen1 import list_recordings
 from models.checkpoint import load_detector
-from models.flops import _active_positions, model_report, run_recordings
+from models.flops import _active_positions, dense_reference, model_report, run_recordings, static_counts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spquant_table.json"
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
@@ -133,6 +133,57 @@ def gating_on_cpu(path: Path, data: Path, split: str, windows: int, tile: int) -
     return rows
 
 
+def gating_ceiling(path: Path, data: Path, split: str, windows: int) -> dict[str, Any]:
+    """The most FLOPs spatial gating alone could save on this data, for the dense model of ``path``'s scale.
+
+    Every layer is assumed active only in the output tiles that hold an input event (the spiking layers per time bin,
+    the head over the window): no growth of activity through receptive fields and no spikes anywhere else, so real
+    gating can only do worse. The event footprint at each stride is measured on the split's recordings.
+    """
+    model = load_detector(path)
+    dense = dense_reference(model.config)
+    height = model.config.padded_size[0]
+    strides: dict[str, int] = {}
+
+    def stride_of(name: str) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            strides[name] = height // (out[0] if isinstance(out, tuple) else out).shape[-2]
+
+        return hook
+
+    handles = [module.register_forward_hook(stride_of(name))
+               for name, module in dense.named_modules() if name and not list(module.children())]
+    counts = static_counts(dense)
+    for handle in handles:
+        handle.remove()
+    per_bin: dict[int, float] = {}
+    per_window: dict[int, float] = {}
+    seen = 0
+
+    def footprint(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        nonlocal seen
+        events = args[0].ne(0).any(2).float()  # [T, B, H, W]
+        for stride in set(strides.values()):
+            blocks = F.max_pool2d(events, stride, stride, ceil_mode=True)  # [T, B, H/s, W/s]
+            per_bin[stride] = per_bin.get(stride, 0.0) + float(blocks.mean())
+            per_window[stride] = per_window.get(stride, 0.0) + float(blocks.amax(0).mean())
+        seen += 1
+
+    handle = model.register_forward_pre_hook(footprint)
+    run_recordings(model, [r.events for r in list_recordings(data, split)], windows)
+    handle.remove()
+    flops = sum(c.flops for c in counts)
+    gated = sum(c.flops * (per_bin if c.spiking else per_window)[strides[c.name]] / seen for c in counts)
+    return {
+        "event_footprint_per_bin": {s: per_bin[s] / seen for s in sorted(per_bin)},
+        "event_footprint_per_window": {s: per_window[s] / seen for s in sorted(per_window)},
+        "flops_dense": flops,
+        "flops_gated_ceiling": gated,
+        "flops_reduction_ceiling": flops / gated,
+        "windows": seen,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("datasets/synth-v1"))
@@ -155,6 +206,7 @@ def main() -> None:
         rows.append(measure(name, Path(path), args.data, args.split, args.windows))
         print(f"measured {name}", flush=True)
     gating = gating_on_cpu(Path(rows[-1]["path"]), args.data, args.split, 100, args.tile)
+    ceiling = gating_ceiling(Path(rows[0]["path"]), args.data, args.split, args.windows)
     references: dict[str, dict[str, Any]] = {}
     for row in rows:
         reference = references.setdefault(row["scale"], row)
@@ -171,6 +223,7 @@ def main() -> None:
         "and AP drop against the FP32 dense model of the first row of the same scale",
         "rows": rows,
         "gating_cpu": gating,
+        "gating_ceiling": ceiling,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -178,6 +231,9 @@ def main() -> None:
     for g in gating:
         print(f"tile gating of {g['layer']} (last model, tile {g['tile']}): {g['active_fraction']:.0%} active, "
               f"dense {g['dense_ms_per_window']:.2f} ms vs gated {g['gated_ms_per_window']:.2f} ms per window")
+    footprint = ", ".join(f"{v:.0%} at stride {k}" for k, v in ceiling["event_footprint_per_bin"].items())
+    print(f"event footprint per time bin: {footprint}; spatial gating alone could cut the dense FLOPs "
+          f"{ceiling['flops_reduction_ceiling']:.2f}x at most")
     print(f"wrote {args.out}")
     if args.plot:
         plot_tradeoff(rows, args.plot)
