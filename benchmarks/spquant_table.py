@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -253,13 +254,18 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, flops_target: float = 
     top = max(1.0, 0.2 * -bottom)
     ax.fill_between([flops_target, right], -max_drop, top, color="tab:green", alpha=0.15, zorder=0,
                     label=f"target: ≥{flops_target}× FLOPs, ≤{max_drop} points")
+    labelled: list[tuple[float, float]] = []
     for scale in dict.fromkeys(r["scale"] for r in rows):
         series = [r for r in rows if r["scale"] == scale]
         ax.plot([r["flops_reduction"] for r in series], [-r["AP_drop_points"] for r in series], "o",
                 label=f"scale {scale}")
         for r in series:
-            ax.annotate(r["name"], (r["flops_reduction"], -r["AP_drop_points"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7)
+            x, y = r["flops_reduction"], -r["AP_drop_points"]
+            # stack the labels of points that nearly coincide instead of printing them over each other
+            near = [ly for lx, ly in labelled if abs(math.log(x / lx)) < 0.08 and abs(y - ly) < 1.0]
+            shift = 10 * len(near) * (1 if near and y > max(near) else -1)
+            labelled.append((x, y))
+            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, 4 + shift), fontsize=7)
     ax.set_xscale("log")
     ticks = [t for t in (1, 1.5, 2, 3, flops_target, 6, 8, 12, 16) if t <= right]
     ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
