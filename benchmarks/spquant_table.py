@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from app.evaluator import evaluate_split
 from data.gen1 import list_recordings
 from models.checkpoint import load_detector
 from models.flops import _active_positions, dense_reference, model_report, run_recordings, static_counts
+from models.neuron import IntegerLIF
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spquant_table.json"
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
@@ -146,14 +148,15 @@ def gating_ceiling(path: Path, data: Path, split: str, windows: int) -> dict[str
     height = model.config.padded_size[0]
     strides: dict[str, int] = {}
 
-    def stride_of(name: str) -> Any:
+    def stride_of(name: str) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            strides[name] = height // (out[0] if isinstance(out, tuple) else out).shape[-2]
+            strides[name] = height // (out[0] if isinstance(out, tuple) else out).shape[-2]  # LIF: (spikes, state)
 
         return hook
 
-    handles = [module.register_forward_hook(stride_of(name))
-               for name, module in dense.named_modules() if name and not list(module.children())]
+    # the layers static_counts counts: every conv and every neuron
+    handles = [module.register_forward_hook(stride_of(name)) for name, module in dense.named_modules()
+               if isinstance(module, torch.nn.Conv2d | IntegerLIF)]
     counts = static_counts(dense)
     for handle in handles:
         handle.remove()
