@@ -1,7 +1,7 @@
 """Evaluation engine: stream every recording of a split through the detector exactly as deployment does, then score.
 
 Each recording is cut into consecutive windows (``data.windows``), each window goes through
-:class:`~models.stream.StreamingDetector` with the state carried from the previous one, and every window's
+:class:`~models.inference.stream.StreamingDetector` with the state carried from the previous one, and every window's
 detections carry its end time. Scoring (``app.prophesee``) then takes, for each ground-truth timestamp, the
 detections of the window whose end is nearest — the same windows ``spquant predict`` and the service produce.
 """
@@ -19,8 +19,8 @@ from data.formats.labels import BBOX_DTYPE, read_labels
 from data.formats.recording import open_recording
 from data.gen1 import list_recordings
 from data.windows import iter_windows
-from models.detector import SpikingYOLO
-from models.stream import StreamingDetector
+from models.inference.stream import StreamingDetector
+from models.networks.detector import SpikingYOLO
 
 
 @dataclass

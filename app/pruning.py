@@ -1,11 +1,10 @@
 """Prune engine: calibrate → plan → masked fine-tuning with a gradual schedule → physical removal.
 
-Fine-tuning reuses :class:`app.trainer.Trainer` (same streams, loss, EMA and run folder) on the full-width model with
-:class:`models.prune.ChannelMasks` hooks; the share of the plan that is masked grows with a cubic schedule over the
-first ``ramp`` of the steps (fast early, gentle late, as in gradual magnitude pruning), then the remaining steps
-train at the final masks. The EMA weights are pruned physically at the end. The run folder's ``best.pt``/``last.pt``
-hold the full-width masked weights of the fine-tuning (a record, not the pruned model).
-"""
+Fine-tuning reuses :class:`app.trainer.Trainer` (same streams, loss, EMA and run folder) on the full-width model
+with :class:`models.compress.prune.ChannelMasks` hooks; the share of the plan that is masked grows with a cubic
+schedule over the first ``ramp`` of the steps (fast early, gentle late, as in gradual magnitude pruning), then the
+remaining steps train at the final masks. The EMA weights are pruned physically at the end. The run folder's
+``best.pt``/``last.pt`` hold the full-width masked weights of the fine-tuning (a record, not the pruned model). """
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ from typing import Any
 
 from app.config import build_config, load_defaults
 from data.gen1 import list_recordings
-from models.detector import SpikingYOLO, build_detector
-from models.prune import ChannelMasks, PrunePlan, channel_importance, plan_pruning, remove_channels
+from models.compress.prune import ChannelMasks, PrunePlan, channel_importance, plan_pruning, remove_channels
+from models.networks.detector import SpikingYOLO, build_detector
 
 # Training keys a fine-tune inherits from the checkpoint's own training run (optimisation and augmentation).
 INHERITED_KEYS = ("batch", "seq_len", "weight_decay", "ema_decay", "grad_clip", "box_gain", "cls_gain", "dfl_gain",

@@ -28,12 +28,12 @@ from data.box_filter import BoxFilter
 from data.gen1 import list_recordings
 from data.representation import StackedHistogram
 from data.sequences import SequenceStreams
-from models.checkpoint import load_detector, read_checkpoint, save_checkpoint
-from models.detector import DetectorConfig, SpikingYOLO, build_detector
-from models.distill import DistillationLoss, frozen_teacher
-from models.loss import DetectionLoss, select_images
-from models.state import detach_state, reset_state
-from models.ultralytics_parts import ModelEMA
+from models.compress.distill import DistillationLoss, frozen_teacher
+from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
+from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.loss import DetectionLoss, select_images
+from models.networks.state import detach_state, reset_state
+from models.networks.ultralytics_parts import ModelEMA
 
 METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds")
 

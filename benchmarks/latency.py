@@ -4,7 +4,7 @@ Contenders, all at the Gen1 input (304×240, padded to 320×256), T = 5 bins of 
 
 * ``fp32-dense``: the FP32 baseline SNN in PyTorch (``baseline`` variant, scale n);
 * ``fake-quant``: the quantized SNN in PyTorch, as trained (4-bit weights, ternary membranes);
-* ``integer``: the exported integer runtime (:class:`models.runtime.Runtime`);
+* ``integer``: the exported integer runtime (:class:`models.inference.runtime.Runtime`);
 * ``integer-pruned``: the integer runtime of a pruned checkpoint (``--pruned PATH``), when one is given;
 * ``integer-onnxrt``: the integer runtime's exported ONNX step run by ONNX Runtime (when onnx and onnxruntime are
   installed);
@@ -41,12 +41,12 @@ import torch
 
 from data.formats.recording import open_recording
 from data.windows import Window, iter_windows
-from models.bundled import BUNDLED_MODEL
-from models.checkpoint import read_checkpoint
-from models.detector import DetectorConfig, SpikingYOLO, build_detector
-from models.runtime import Runtime
-from models.stream import StreamingDetector
-from models.ultralytics_parts import non_max_suppression
+from models.inference.bundled import BUNDLED_MODEL
+from models.inference.runtime import Runtime
+from models.inference.stream import StreamingDetector
+from models.networks.checkpoint import read_checkpoint
+from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.ultralytics_parts import non_max_suppression
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.json"
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "street_td.dat"
@@ -92,7 +92,9 @@ def full_resolution(path: Path, **overrides: Any) -> SpikingYOLO:
 
 def yolov8n(bins: int) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
     """YOLOv8n over the histogram's ``T·2`` channels, Conv+BN fused; stateless."""
-    from ultralytics.nn.tasks import DetectionModel  # after models.ultralytics_parts set ultralytics' environment
+    from ultralytics.nn.tasks import (
+        DetectionModel,  # after models.networks.ultralytics_parts set ultralytics' environment
+    )
 
     model = DetectionModel("yolov8n.yaml", ch=2 * bins, nc=2, verbose=False).eval().fuse(verbose=False)
 
@@ -122,7 +124,7 @@ def contenders(pruned: Path | None) -> list[Contender]:
     if pruned is not None:
         models["integer-pruned"] = Runtime.from_model(full_resolution(pruned))
     if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
-        from models.onnx_step import OnnxStepModel, export_onnx
+        from models.inference.onnx_step import OnnxStepModel, export_onnx
 
         path = export_onnx(models["integer"], Path(tempfile.mkdtemp()) / "integer.onnx")
         models["integer-onnxrt"] = OnnxStepModel(path, threads=torch.get_num_threads())

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from models.neuron import IntegerLIF, NeuronConfig
+from models.networks.neuron import IntegerLIF, NeuronConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "neurons.json"
 FP32_BYTES = 4

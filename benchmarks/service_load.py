@@ -37,10 +37,10 @@ from websockets.exceptions import ConnectionClosed
 
 from data.formats.dat import DatRecording, encode_dat_records
 from data.windows import iter_windows
-from models.bundled import default_model_path
-from models.checkpoint import save_checkpoint
-from models.detector import DetectorConfig, build_detector
-from models.stream import StreamingDetector
+from models.inference.bundled import default_model_path
+from models.inference.stream import StreamingDetector
+from models.networks.checkpoint import save_checkpoint
+from models.networks.detector import DetectorConfig, build_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "service_load.json"

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from app.evaluator import evaluate_split
 from data.gen1 import list_recordings
-from models.checkpoint import load_detector
-from models.flops import _active_positions, dense_reference, model_report, run_recordings, static_counts
-from models.neuron import IntegerLIF
+from models.compress.accounting import _active_positions, dense_reference, model_report, run_recordings, static_counts
+from models.networks.checkpoint import load_detector
+from models.networks.neuron import IntegerLIF
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spquant_table.json"
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"

@@ -1,10 +1,10 @@
 """Dynamic batching: windows of concurrent streams run as one forward pass.
 
 Each stream session awaits :meth:`WindowBatcher.step` for its windows one after another (its state carries), so a
-batch never holds two windows of one stream. A worker takes the oldest waiting window plus every other window waiting
-at that moment (up to ``max_batch``) and runs them through :func:`models.stream.step_batch` on an inference thread.
-There is no timer: a lone stream is never held back, and under load the next batch fills while the current one runs.
-"""
+batch never holds two windows of one stream. A worker takes the oldest waiting window plus every other window
+waiting at that moment (up to ``max_batch``) and runs them through :func:`models.inference.stream.step_batch` on an
+inference thread. There is no timer: a lone stream is never held back, and under load the next batch fills while the
+current one runs. """
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from models.stream import WindowJob, step_batch
+from models.inference.stream import WindowJob, step_batch
 
 Result = tuple[np.ndarray, Any]
 

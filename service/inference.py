@@ -1,4 +1,4 @@
-"""The loaded detector behind the service: worker threads that run :class:`models.stream.StreamingDetector`.
+"""The loaded detector behind the service: worker threads that run :class:`models.inference.stream.StreamingDetector`.
 
 Every window of every request and stream goes through the streaming detector — the code path of ``spquant predict``
 and ``eval`` — on a worker thread, never on the event loop. Stream windows are batched across sessions (one forward
@@ -16,21 +16,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
 from data.errors import EventValidationError
 from data.events import empty_events, validate_events
 from data.windows import iter_windows
-from models.detector import SpikingYOLO
-from models.quant import LevelGrid, QuantConv2d
-from models.state import state_nbytes
-from models.stream import StreamingDetector, WindowJob, step_batch
+from models.compress.accounting import footprint
+from models.inference.stream import StreamingDetector, WindowJob, step_batch
+from models.networks.detector import SpikingYOLO
+from models.networks.quant import LevelGrid
 from service.batching import WindowBatcher
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
 from service.schemas import window_json
 
 T = TypeVar("T")
+_SIZE_KEYS = ("conv_layers", "channels", "params", "weight_bytes", "state_bytes_per_stream")  # GET /v1/model
 
 
 class DetectionEngine:
@@ -137,27 +137,12 @@ def check_span(first_window: int, t_last: int, window_us: int, max_windows: int)
 
 def _describe(model: Any, path: Path) -> dict[str, Any]:
     cfg = model.config
-    if hasattr(model, "summary"):  # an exported integer runtime knows its own sizes
-        sizes = {k: v for k, v in model.summary().items() if k != "state_bytes_per_stream_packed"}
-    else:
-        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-        weight_bits = {id(m.weight): m.quant.weight_bits for m in convs if isinstance(m, QuantConv2d)}
-        params = list(model.parameters())
-        height, width = cfg.padded_size
-        with torch.inference_mode():
-            _, state = model(torch.zeros(cfg.bins, 1, 2, height, width, dtype=torch.uint8))
-        sizes = {
-            "conv_layers": len(convs),
-            "channels": sum(m.out_channels for m in convs),
-            "params": sum(p.numel() for p in params),
-            "weight_bytes": sum(-(-p.numel() * weight_bits.get(id(p), 32) // 8) for p in params),
-            "state_bytes_per_stream": state_nbytes(state),
-        }
+    sizes = {k: v for k, v in footprint(model).items() if k in _SIZE_KEYS}
     neuron = cfg.neuron()
     levels = LevelGrid(neuron.lb, neuron.ub, neuron.step).levels() if neuron.quantize_membrane else []
     return {
         "path": str(path),
-        "runtime": "integer" if hasattr(model, "summary") else "pytorch",
+        "runtime": "pytorch" if isinstance(model, SpikingYOLO) else "integer",
         "variant": cfg.variant,
         "scale": cfg.scale,
         "classes": list(cfg.class_names),

@@ -14,8 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from data.errors import EventDataError
-from models.bundled import default_model_path
-from models.loading import load_model
+from models.inference.bundled import default_model_path
+from models.inference.loading import load_model
 from service.errors import ServiceError
 from service.inference import DetectionEngine
 from service.metrics import Metrics

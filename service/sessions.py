@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from data.errors import EventDataError
 from data.events import validate_events
 from data.windows import Window, WindowCutter
-from models.stream import StreamingDetector
+from models.inference.stream import StreamingDetector
 from service.codecs import stream_decoder
 from service.inference import DetectionEngine, check_span
 from service.metrics import Metrics

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SPQUANT_"
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
     """Everything the service can be configured with; ``SPQUANT_<FIELD>`` in the environment sets a field.
+
+    ``Settings(...)`` reads the process environment for the fields it is not given (pydantic-settings);
+    ``Settings.from_env`` reads a given mapping and reports bad values by variable name.
 
     Attributes:
         model: detector checkpoint (``SPQUANT_MODEL``); None means the bundled model.
@@ -36,68 +41,62 @@ class Settings:
         score_threshold: default minimum detection score (a request or stream may ask for another).
     """
 
+    # extra="forbid" rejects unknown constructor keywords. It does not make unrelated SPQUANT_* variables (such as
+    # the tests' SPQUANT_CHROMIUM) fatal: the environment source only looks up the fields' own variables.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True)
+
     model: Path | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_sessions: int = 64
-    idle_timeout_s: float = 60.0
-    max_request_bytes: int = 64 << 20
-    max_events_per_request: int = 5_000_000
-    max_message_bytes: int = 8 << 20
-    max_windows: int = 12_000
+    port: int = Field(8000, gt=0)
+    max_sessions: int = Field(64, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0)
+    max_request_bytes: int = Field(64 << 20, gt=0)
+    max_events_per_request: int = Field(5_000_000, gt=0)
+    max_message_bytes: int = Field(8 << 20, gt=0)
+    max_windows: int = Field(12_000, gt=0)
     api_key: str | None = None
     integer: bool = True
-    max_batch: int = 16
-    threads: int = 2
-    torch_threads: int = 1
-    score_threshold: float = 0.25
-
-    def __post_init__(self) -> None:
-        for name in ("port", "max_sessions", "max_request_bytes", "max_events_per_request", "max_message_bytes",
-                     "max_windows", "max_batch", "threads", "torch_threads"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
-        if self.idle_timeout_s <= 0:
-            raise ValueError(f"setting idle_timeout_s must be positive, got {self.idle_timeout_s}")
-        if not 0 <= self.score_threshold <= 1:
-            raise ValueError(f"setting score_threshold must lie in [0, 1], got {self.score_threshold}")
+    max_batch: int = Field(16, gt=0)
+    threads: int = Field(2, gt=0)
+    torch_threads: int = Field(1, gt=0)
+    score_threshold: float = Field(0.25, ge=0, le=1)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Settings from ``SPQUANT_*`` variables, then ``overrides`` (None values are ignored).
+        """Settings from ``SPQUANT_*`` variables in ``environ`` (default ``os.environ``), then ``overrides``.
+
+        Empty variables and None overrides are ignored.
 
         Raises:
-            ValueError: a variable that does not parse (the message names it).
+            ValueError: a value that does not parse or lies out of range (the message names the variable), or an
+                unknown override.
         """
         environ = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
-            if raw is None or raw == "":
-                continue
-            kind = str(field.type)
-            try:
-                if "Path" in kind:
-                    values[field.name] = Path(raw)
-                elif kind == "bool":
-                    values[field.name] = _flag(raw)
-                elif "int" in kind:
-                    values[field.name] = int(raw)
-                elif "float" in kind:
-                    values[field.name] = float(raw)
-                else:
-                    values[field.name] = raw
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        # Every field is passed explicitly (its default where nothing sets it), so that only `environ` counts:
+        # BaseSettings would otherwise fill the missing fields from os.environ.
+        values: dict[str, object] = {name: field.default for name, field in cls.model_fields.items()}
+        variables: dict[str, str] = {}  # field -> the variable that set it, for error messages
+        for name in cls.model_fields:
+            variable = ENV_PREFIX + name.upper()
+            raw = environ.get(variable)
+            if raw:  # unset or empty
+                values[name] = raw
+                variables[name] = variable
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = value
+                variables.pop(name, None)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_describe(error, variables) for error in exc.errors())) from exc
 
 
-def _flag(raw: str) -> bool:
-    """An environment flag: 1/true/yes/on or 0/false/no/off (any case)."""
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
+def _describe(error: ErrorDetails, variables: Mapping[str, str]) -> str:
+    """One validation error as ``SPQUANT_PORT='abc' (setting port): <pydantic's message>``."""
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {name}"
+    if name in variables:
+        return f"{variables[name]}={error['input']!r} (setting {name}): {error['msg']}"
+    return f"setting {name}={error['input']!r}: {error['msg']}"

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import uvicorn
 
-from models.checkpoint import save_checkpoint
-from models.detector import DetectorConfig, build_detector
+from models.networks.checkpoint import save_checkpoint
+from models.networks.detector import DetectorConfig, build_detector
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import calibrated

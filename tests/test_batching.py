@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from data.windows import iter_windows
-from models.checkpoint import load_detector
-from models.runtime import Runtime
-from models.state import split_state, stack_states
-from models.stream import StreamingDetector, WindowJob, step_batch
+from models.inference.runtime import Runtime
+from models.inference.stream import StreamingDetector, WindowJob, step_batch
+from models.networks.checkpoint import load_detector
+from models.networks.state import split_state, stack_states
 from service.batching import WindowBatcher, run_isolated
 from tests.helpers import random_events
 from tests.service_support import TINY_HEIGHT as H

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
-from models.neuron import NeuronConfig, set_int8_state
-from models.quant import QuantConfig
+from models.networks.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
+from models.networks.graph import Graph, ModuleOps, Node
+from models.networks.neuron import NeuronConfig
+from models.networks.quant import QuantConfig
 
 FP32 = {"neuron": NeuronConfig(quantize_membrane=False), "quant": QuantConfig(weight_bits=32)}
 
@@ -74,24 +75,22 @@ def test_multi_step_equals_single_steps_in_eval(name: str) -> None:
         assert torch.equal(state, state_steps)
 
 
-@pytest.mark.parametrize("name", list(_blocks()))
-def test_int8_inference_matches_fake_quant_forward(name: str) -> None:
-    block = _blocks()[name].eval()
+def test_ms_block_nodes_compose_into_a_larger_graph() -> None:
+    """The block's own nodes, renamed, run inside another graph give what the block's forward gives."""
+    block = MSResidualBlock(4, 8, stride=2, quant=QuantConfig(weight_bits=4)).eval()
     _randomise_bn(block)
-    x = torch.randn(6, 2, 2, 8, 8) * 2
+    nodes = block.nodes("outer.", "x", mid_group="mid", out_group="out")
+    assert [n.name for n in nodes] == ["outer.lif1", "outer.conv1", "outer.lif2", "outer.conv2", "outer.shortcut",
+                                       "outer.add"]
+    graph = Graph([Node("x", "input"), *nodes])
+    assert graph.state_names == ["outer.lif1", "outer.lif2"]
+    assert graph.group("outer.add") == "out" and graph.group("outer.lif2") == "mid"
+    x = torch.randn(3, 2, 4, 8, 8) * 2
     with torch.no_grad():
-        reference, ref_state = block(x)
-        set_int8_state(block)
-        integer, int_state = block(x)
-        again, _ = block(x, int_state)  # an int8 state carried into the next call
-        set_int8_state(block, False)
-        ref_again, _ = block(x, ref_state)
-    if isinstance(block, SpikingConvBlock):
-        assert integer.dtype == torch.bool and int_state.dtype == torch.int8
-        assert torch.equal(integer, reference.bool()) and torch.equal(again, ref_again.bool())
-    else:
-        assert all(s.dtype == torch.int8 for s in int_state.values())
-        assert torch.equal(integer, reference) and torch.equal(again, ref_again)
+        y, state = block(x)
+        y_graph, state_graph = graph.run(ModuleOps(), x)
+    assert torch.equal(y, y_graph)
+    assert all(torch.equal(state[k], state_graph[f"outer.{k}"]) for k in state)
 
 
 def test_ms_block_shortcuts_and_state() -> None:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from models.detector import DetectorConfig, build_detector
-from models.distill import DistillationLoss, frozen_teacher
+from models.compress.distill import DistillationLoss, frozen_teacher
+from models.networks.detector import DetectorConfig, build_detector
 
 NC, REG_MAX, ANCHORS = 2, 16, 30
 

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from service.settings import ENV_PREFIX, Settings
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
-SETTINGS = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
 def _hadolint() -> str | None:

@@ -8,7 +8,7 @@ import torch
 
 from app.cli import main
 from data.formats.labels import read_labels
-from models.checkpoint import read_checkpoint
+from models.networks.checkpoint import read_checkpoint
 
 TINY = ["input_width=80", "input_height=64", "bins=2", "batch=2", "seq_len=2", "val_recordings=1", "warmup_steps=2"]
 

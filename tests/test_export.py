@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from app.cli import main
-from models.bundled import default_model_path
-from models.checkpoint import CheckpointError, load_detector, save_checkpoint
-from models.detector import DetectorConfig, build_detector
-from models.export import (
+from models.inference.bundled import default_model_path
+from models.inference.export import (
     FORMAT,
     VERSION,
     ExportFormatError,
@@ -25,9 +23,11 @@ from models.export import (
     unpack_codes,
     write_spq,
 )
-from models.loading import load_model
-from models.quant import QuantConv2d
-from models.runtime import Runtime
+from models.inference.loading import load_model
+from models.inference.runtime import Runtime
+from models.networks.checkpoint import CheckpointError, load_detector, save_checkpoint
+from models.networks.detector import DetectorConfig, build_detector
+from models.networks.quant import QuantConv2d
 from tests.conftest import REPO
 
 SAMPLE = str(REPO / "data" / "samples" / "street_td.dat")

@@ -7,8 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.detector import DetectorConfig, build_detector
-from models.flops import FlopsCounter, _active_positions, memory, model_report, static_counts, weight_bytes
+from models.compress.accounting import (
+    FlopsCounter,
+    _active_positions,
+    memory,
+    model_report,
+    static_counts,
+    weight_bytes,
+)
+from models.networks.detector import DetectorConfig, build_detector
 
 TINY = {"bins": 2, "input_width": 96, "input_height": 64}
 SAMPLE = "data/samples/street_td.dat"

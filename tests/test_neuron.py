@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models.neuron import IntegerLIF, NeuronConfig, set_int8_state
-from models.state import detach_state, reset_state, state_nbytes
+from models.networks.neuron import IntegerLIF, NeuronConfig, membrane_hooks
+from models.networks.state import detach_state, reset_state, state_nbytes
 
 CONFIGS = {
     "ternary": NeuronConfig(),
@@ -90,49 +90,37 @@ def test_states_stay_on_the_grid(name: str) -> None:
     assert torch.isin(state, levels).all()
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_int8_inference_matches_training_forward(name: str) -> None:
-    torch.manual_seed(1)
-    config = CONFIGS[name]
-    reference = _neuron(config)
-    integer = _neuron(config).use_int8_state()
-    for scale in (0.5, 1.5, 4.0):
-        x = torch.randn(7, 3, 3, 5, 4) * scale
-        spikes, membrane = reference(x)
-        int_spikes, codes = integer(x)
-        assert int_spikes.dtype == torch.bool and codes.dtype == torch.int8
-        assert torch.equal(int_spikes, spikes.bool())
-        assert torch.equal(codes.float() * config.step, membrane)
-        # and again from a non-zero state, carried across calls
-        spikes2, _ = reference(x.flip(0), membrane)
-        int_spikes2, _ = integer(x.flip(0), codes)
-        assert torch.equal(int_spikes2, spikes2.bool())
+def test_membrane_hooks_observe_every_step_and_are_removed() -> None:
+    neuron = IntegerLIF()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    x = torch.randn(4, 2, 3, 5, 5) * 2
+    spikes, state = neuron(x)
+    with membrane_hooks([(neuron, lambda u, stored: seen.append((u.clone(), stored.clone())))]):
+        hooked_spikes, hooked_state = neuron(x)
+    assert len(seen) == 4  # one call per time step
+    assert torch.equal(seen[-1][1], state) and torch.equal(hooked_spikes, spikes)  # observed, not changed
+    assert all(torch.equal((u > 1).float(), s) for (u, _), s in zip(seen, spikes, strict=True))
+    neuron(x)
+    assert len(seen) == 4  # removed on exit
 
 
-def test_int8_single_step_and_init_state() -> None:
-    neuron = IntegerLIF().use_int8_state()
-    state = neuron.init_state((2, 1, 3, 3))
-    assert state.dtype == torch.int8 and not state.any()
-    spikes, state = neuron(torch.full((2, 1, 3, 3), 0.7), state)
-    assert spikes.dtype == torch.bool and spikes.shape == (2, 1, 3, 3) and (state == 1).all()
+def test_membrane_hooks_are_removed_when_the_block_raises() -> None:
+    neuron = IntegerLIF()
+    calls = []
+    with pytest.raises(RuntimeError, match="boom"), membrane_hooks([(neuron, lambda u, s: calls.append(1))]):
+        neuron(torch.ones(1, 1, 1, 2, 2))
+        raise RuntimeError("boom")
+    neuron(torch.ones(1, 1, 1, 2, 2))
+    assert calls == [1]
+    handle = neuron.register_membrane_hook(lambda u, s: calls.append(2))
+    neuron(torch.ones(2, 1, 1, 2, 2))
+    handle.remove()
+    neuron(torch.ones(2, 1, 1, 2, 2))
+    assert calls == [1, 2, 2]
 
 
-def test_int8_needs_quantized_membrane() -> None:
-    with pytest.raises(ValueError, match="quantized membrane"):
-        IntegerLIF(NeuronConfig(quantize_membrane=False)).use_int8_state()
-
-
-def test_set_int8_state_switches_every_neuron() -> None:
-    model = torch.nn.Sequential(IntegerLIF(), torch.nn.Sequential(IntegerLIF()))
-    set_int8_state(model)
-    assert all(m.int8_state for m in model.modules() if isinstance(m, IntegerLIF))
-    set_int8_state(model, False)
-    assert not any(m.int8_state for m in model.modules() if isinstance(m, IntegerLIF))
-
-
-@pytest.mark.parametrize("int8", [False, True])
-def test_forward_never_modifies_the_callers_state(int8: bool) -> None:
-    neuron = IntegerLIF().use_int8_state(int8)
+def test_forward_never_modifies_the_callers_state() -> None:
+    neuron = IntegerLIF()
     _, state = neuron(torch.randn(3, 2, 1, 4, 4) * 2)
     before = state.clone()
     neuron(torch.randn(3, 2, 1, 4, 4) * 2, state)
@@ -171,12 +159,11 @@ def test_reset_detach_and_nbytes() -> None:
     mask = torch.tensor([True, False, True, False])
     fresh = reset_state(state, mask)
     assert not fresh[mask].any() and torch.equal(fresh[~mask], state[~mask])
-    nested = {"a": state, "b": {"c": neuron.use_int8_state().init_state((4, 2, 3, 3))}, "d": None}
+    nested = {"a": state, "b": {"c": torch.zeros((4, 2, 3, 3), dtype=torch.int8)}, "d": None}
     assert state_nbytes(nested) == 4 * 18 * 4 + 4 * 18
     reset = reset_state(nested, mask)
     assert set(reset) == {"a", "b", "d"} and reset["d"] is None
     # A reset sample behaves exactly like a fresh stream.
-    neuron.use_int8_state(False)
     y = torch.rand(2, 4, 2, 3, 3) * 2
     after_reset, _ = neuron(y, fresh)
     assert torch.equal(after_reset[:, mask], neuron(y[:, mask])[0])
@@ -204,8 +191,6 @@ def test_bad_input_and_state_raise() -> None:
         neuron(torch.zeros(3, 1, 1, 2, 2), torch.zeros(1, 1, 2, 3))
     with pytest.raises(ValueError, match="state dtype"):
         neuron(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.int8))
-    with pytest.raises(ValueError, match="int8 inference is on"):
-        IntegerLIF().use_int8_state()(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="has 3 channels, input has 4"):
         IntegerLIF(NeuronConfig(per_channel_threshold=True), channels=3)(torch.zeros(1, 4, 2, 2))
     with pytest.raises(ValueError, match="positive channel count"):

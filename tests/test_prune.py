@@ -11,11 +11,8 @@ import torch
 from app.cli import main
 from app.pruning import cubic_ramp
 from data.formats.labels import read_labels
-from models.checkpoint import load_detector, read_checkpoint
-from models.detector import DetectorConfig, build_detector, default_widths
-from models.flops import static_counts
-from models.neuron import IntegerLIF, NeuronConfig
-from models.prune import (
+from models.compress.accounting import static_counts
+from models.compress.prune import (
     ChannelMasks,
     _narrow_output,
     channel_groups,
@@ -23,7 +20,10 @@ from models.prune import (
     plan_pruning,
     remove_channels,
 )
-from models.state import state_nbytes
+from models.networks.checkpoint import load_detector, read_checkpoint
+from models.networks.detector import DetectorConfig, build_detector, default_widths
+from models.networks.neuron import IntegerLIF, NeuronConfig
+from models.networks.state import state_nbytes
 from tests.helpers import calibrated
 
 TINY = {"bins": 2, "input_width": 96, "input_height": 64}

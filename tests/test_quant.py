@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from models.quant import LevelGrid, QuantConfig, QuantConv2d, fake_quant_weight, weight_codes
+from models.networks.quant import LevelGrid, QuantConfig, QuantConv2d, fake_quant_weight, weight_codes
 
 
 @pytest.mark.parametrize("bits", [3, 4, 8])

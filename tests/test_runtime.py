@@ -5,7 +5,7 @@ recording: identical states, the same boxes and classes, the same scores. Agains
 layers in float64 — the fake-quant arithmetic without float32 rounding — on a synthetic recording: every membrane
 state of every layer and window is identical, and so are the detections. (float32 itself rounds a handful of
 membranes across a level boundary per few hundred windows; the integer runtime does not; see the README for the
-measured numbers.) The runtime's fused Detect head (:mod:`models.fused_head`) sums in another float32 order than the
+measured numbers.) The runtime's fused Detect head (:mod:`models.inference.fused_head`) sums in another float32 order than the
 Detect head, so head outputs (boxes, scores) agree to float32 rounding; with ``runtime.fast = False`` (the unfused
 head) they are bit-identical.
 """
@@ -20,14 +20,14 @@ import torch
 from app.cli import main
 from data.formats.recording import open_recording
 from data.windows import iter_windows
-from models.bundled import default_model_path
-from models.checkpoint import load_detector
-from models.detector import DetectorConfig, SpikingYOLO, build_detector
-from models.export import ExportFormatError, export_model
-from models.neuron import IntegerLIF
-from models.runtime import Runtime
-from models.state import state_nbytes
-from models.stream import StreamingDetector
+from models.inference.bundled import default_model_path
+from models.inference.export import ExportFormatError, export_model
+from models.inference.runtime import Runtime
+from models.inference.stream import StreamingDetector
+from models.networks.checkpoint import load_detector
+from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.neuron import IntegerLIF
+from models.networks.state import state_nbytes
 from tests.conftest import REPO
 from tests.helpers import calibrated
 
@@ -208,7 +208,7 @@ def test_compiled_kernels_equal_the_pytorch_integer_ops():
 
 
 def test_physically_pruned_models_export_and_match():
-    from models.prune import remove_channels
+    from models.compress.prune import remove_channels
 
     model = _calibrated(DetectorConfig(**TINY))
     widths = model.config.widths()
@@ -270,8 +270,8 @@ def _rates(head, batch: int, size: tuple[int, int], seed: int) -> list[torch.Ten
 
 @pytest.mark.parametrize("head_bits", [32, 4])
 def test_fused_head_matches_the_detect_head(head_bits):
-    from models.fused_head import FusedDetect
-    from models.prune import remove_channels
+    from models.compress.prune import remove_channels
+    from models.inference.fused_head import FusedDetect
 
     model = build_detector(DetectorConfig(**TINY, head_bits=head_bits)).eval()
     with torch.no_grad():  # BN statistics and affines away from the identity, so folding them is exercised
@@ -385,7 +385,7 @@ def _rss_bytes() -> int:
 
 
 def test_a_thousand_concurrent_states_take_the_reported_size(trained, runtime):
-    from models.flops import memory  # what `spquant report` prints
+    from models.compress.accounting import memory  # what `spquant report` prints
 
     report = memory(trained)
     assert report["state_bytes_int8"] == runtime.state_nbytes()
@@ -407,7 +407,7 @@ def test_a_thousand_concurrent_states_take_the_reported_size(trained, runtime):
 def test_onnx_step_reproduces_the_runtime_detections(runtime, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from models.onnx_step import OnnxStepModel, export_onnx
+    from models.inference.onnx_step import OnnxStepModel, export_onnx
 
     onnx_model = OnnxStepModel(export_onnx(runtime, tmp_path / "m.onnx"))
     assert onnx_model.config == runtime.config

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from data.formats.dat import encode_dat_records, write_dat
 from data.formats.raw import write_raw
 from data.windows import iter_windows
-from models.loading import load_model
-from models.stream import StreamingDetector
+from models.inference.loading import load_model
+from models.inference.stream import StreamingDetector
 from service.main import create_app
 from service.schemas import window_json
 from service.settings import Settings
@@ -226,21 +226,6 @@ def test_metrics_count_requests_and_windows(client, events):
     text = client.get("/metrics").text
     assert 'spquant_http_requests_total{method="POST",route="/v1/detect",status="200"}' in text
     assert 'spquant_windows_total{source="rest"}' in text and "spquant_active_sessions 0.0" in text
-
-
-def test_settings_from_environment(tmp_path):
-    env = {"SPQUANT_MODEL": str(tmp_path / "m.pt"), "SPQUANT_PORT": "9000", "SPQUANT_IDLE_TIMEOUT_S": "2.5",
-           "SPQUANT_API_KEY": "k", "SPQUANT_MAX_SESSIONS": ""}
-    settings = Settings.from_env(env, port=None, host="0.0.0.0")
-    assert settings.model == tmp_path / "m.pt" and settings.port == 9000 and settings.idle_timeout_s == 2.5
-    assert settings.api_key == "k" and settings.host == "0.0.0.0" and settings.max_sessions == 64
-    with pytest.raises(ValueError, match="SPQUANT_PORT"):
-        Settings.from_env({"SPQUANT_PORT": "eighty"})
-    with pytest.raises(ValueError, match="max_sessions"):
-        Settings.from_env({"SPQUANT_MAX_SESSIONS": "0"})
-    assert Settings.from_env({}).integer and not Settings.from_env({"SPQUANT_INTEGER": "Off"}).integer
-    with pytest.raises(ValueError, match="SPQUANT_INTEGER"):
-        Settings.from_env({"SPQUANT_INTEGER": "maybe"})
 
 
 def test_missing_model_fails_at_startup(tmp_path):

@@ -13,8 +13,8 @@ from data.formats.evt2 import encode_evt2
 from data.formats.evt3 import encode_evt3
 from data.formats.recording import open_recording
 from data.windows import iter_windows
-from models.loading import load_model
-from models.stream import StreamingDetector
+from models.inference.loading import load_model
+from models.inference.stream import StreamingDetector
 from service.main import create_app
 from service.schemas import window_json
 from service.sessions import CloseCode

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.quant import LevelGrid
-from models.surrogate import (
+from models.networks.quant import LevelGrid
+from models.networks.surrogate import (
     quantize_membrane,
     spike,
     spike_primitive,

@@ -42,7 +42,6 @@ def test_bar_data_is_deterministic_and_balanced() -> None:
 def test_quantized_network_learns_and_threshold_moves() -> None:
     result = toy_task.train("quantized", steps=200, seed=0)
     assert result["test_accuracy"] >= 0.9, result
-    assert result["int8_test_accuracy"] == result["test_accuracy"]  # identical spikes in integer inference
     moved = [abs(a - b) for before, after in zip(result["thresholds_before"], result["thresholds_after"], strict=True)
              for b, a in zip(before, after, strict=True)]
     assert max(moved) > 0.01, result["thresholds_after"]

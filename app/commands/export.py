@@ -12,8 +12,9 @@ import argparse
 from pathlib import Path
 
 from app.commands.model_option import add_model_option, load_model
-from models.export import ExportFormatError, export_model
-from models.runtime import Runtime
+from models.compress.accounting import footprint
+from models.inference.export import ExportFormatError, export_model
+from models.inference.runtime import Runtime
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,12 +33,12 @@ def run(args: argparse.Namespace) -> int:
         raise ExportFormatError(f"{args.model} is already an exported integer model")
     path = export_model(model, args.out)
     runtime = Runtime.load(path)
-    cfg = runtime.config
+    cfg, size = runtime.config, footprint(runtime)
     print(f"wrote {path}: {path.stat().st_size} bytes, {cfg.variant}-{cfg.scale}, {cfg.input_width}x"
           f"{cfg.input_height}, T={cfg.bins}, classes {list(cfg.class_names)}; state per stream "
-          f"{runtime.state_nbytes()} bytes as int8 ({runtime.state_nbytes(packed=True)} packed)")
+          f"{size['state_bytes_per_stream']} bytes as int8 ({size['state_bytes_per_stream_packed']} packed)")
     if args.onnx is not None:
-        from models.onnx_step import export_onnx
+        from models.inference.onnx_step import export_onnx
 
         print(f"wrote {export_onnx(runtime, args.onnx)}: {args.onnx.stat().st_size} bytes")
     return 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.bundled import default_model_path
-from models.detector import SpikingYOLO
-from models.loading import load_model as load_model_file
-from models.runtime import Runtime
+from models.inference.bundled import default_model_path
+from models.inference.loading import load_model as load_model_file
+from models.inference.runtime import Runtime
+from models.networks.detector import SpikingYOLO
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from app.commands.model_option import add_model_option, load_model
 from data.formats.labels import BBOX_DTYPE, GEN1_CLASSES, write_labels
 from data.formats.recording import open_recording
 from data.windows import iter_windows
-from models.stream import StreamingDetector
+from models.inference.stream import StreamingDetector
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

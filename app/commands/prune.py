@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from app.evaluator import evaluate_split
     from app.pruning import PruneSettings, prune_detector
     from data.gen1 import list_recordings
-    from models.bundled import default_model_path
-    from models.checkpoint import load_detector, read_checkpoint, save_checkpoint
-    from models.flops import model_report
+    from models.compress.accounting import model_report
+    from models.inference.bundled import default_model_path
+    from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
 
     if args.out.suffix != ".pt":
         raise ValueError(f"--out must name a .pt checkpoint, got {args.out}")

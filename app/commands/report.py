@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Measure and print the report."""
     from app.commands.model_option import load_model
     from data.gen1 import list_recordings
-    from models.flops import model_report
+    from models.compress.accounting import model_report
 
     model = load_model(args)
     recordings = [r.events for r in list_recordings(args.data, args.split)] if args.data else [SAMPLE]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.bundled import default_model_path
+from models.inference.bundled import default_model_path
 from service.settings import Settings
 
 

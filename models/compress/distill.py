@@ -3,7 +3,7 @@
 The student learns the teacher's head outputs at every anchor of every window — labelled or not — as soft targets:
 class scores through a binary cross-entropy against the teacher's probabilities, and the box side distributions
 (DFL bins) through a KL divergence weighted by the teacher's confidence, so that background anchors do not drown
-the boxes. ``loss(student_preds, teacher_preds) -> (total, parts)`` like :class:`~models.loss.DetectionLoss`.
+the boxes. ``loss(student_preds, teacher_preds) -> (total, parts)`` like :class:`~models.networks.loss.DetectionLoss`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Surrogate-gradient autograd functions: the membrane quantizer Q and the spike, with their smooth primitives.
 
-* :func:`quantize_membrane` — forward: nearest level of a :class:`~models.quant.LevelGrid` (a staircase);
+* :func:`quantize_membrane` — forward: nearest level of a :class:`~models.networks.quant.LevelGrid` (a staircase);
   backward: the *stacked* surrogate, one sigmoid derivative per rounding boundary ``c``::
 
       dQ/du ≈ Σ_c k·σ(z_c)·(1 − σ(z_c)),   z_c = k·(u − c)/step
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
-from models.quant import LevelGrid
+from models.networks.quant import LevelGrid
 
 SPIKE_SURROGATES = ("triangle", "atan")
 

@@ -20,20 +20,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from data.formats.recording import open_recording
-from data.windows import iter_windows
-from models.detector import DetectorConfig, SpikingYOLO, build_detector
-from models.neuron import IntegerLIF
-from models.quant import QuantConv2d
-from models.stream import StreamingDetector
+from models.inference.stream import run_recordings
+from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.graph import conv_spec
+from models.networks.neuron import IntegerLIF, MembraneHook
+from models.networks.quant import QuantConv2d
 
 FP32_BYTES = 4
 
@@ -93,27 +91,30 @@ class FlopsCounter:
         self.counts: dict[str, LayerCount] = {}
         self.windows = 0
         self._handles: list[Any] = []
-        self._probes: list[tuple[IntegerLIF, Any]] = []
 
     def __enter__(self) -> FlopsCounter:
         self._handles.append(self.model.register_forward_pre_hook(self._count_window))
-        for name, module in self.model.named_modules():
-            if isinstance(module, nn.Conv2d):
-                self.counts[name] = LayerCount(name, "conv", module.out_channels, not name.startswith("head."))
-                self._handles.append(module.register_forward_hook(self._conv_hook(self.counts[name])))
-            elif isinstance(module, IntegerLIF):
-                count = self.counts[name] = LayerCount(name, "membrane", module.channels or 0)
-                self._handles.append(module.register_forward_hook(self._spike_hook(count)))
-                self._probes.append((module, module.probe))
-                module.probe = chain_probe(module.probe, self._membrane_probe(count))
+        for node in self.model.graph:
+            if node.kind == "conv":
+                self._watch_conv(f"{node.name}.conv", node.module.conv, spiking=True)
+            elif node.kind == "lif":
+                count = self.counts[node.name] = LayerCount(node.name, "membrane", node.module.channels or 0)
+                self._handles.append(node.module.register_forward_hook(self._spike_hook(count)))
+                self._handles.append(node.module.register_membrane_hook(self._membrane_hook(count)))
+            elif node.kind == "detect":
+                for name, module in node.module.named_modules():
+                    if isinstance(module, nn.Conv2d):
+                        self._watch_conv(f"{node.name}.{name}", module, spiking=False)
         return self
+
+    def _watch_conv(self, name: str, conv: nn.Conv2d, spiking: bool) -> None:
+        self.counts[name] = LayerCount(name, "conv", conv.out_channels, spiking)
+        self._handles.append(conv.register_forward_hook(self._conv_hook(self.counts[name])))
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
-        for module, previous in self._probes:
-            module.probe = previous
-        self._handles, self._probes = [], []
+        self._handles = []
 
     def _count_window(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.windows += int(args[0].shape[1])  # x: [T, B, 2, H, W]
@@ -144,62 +145,18 @@ class FlopsCounter:
         return hook
 
     @staticmethod
-    def _membrane_probe(count: LayerCount) -> Callable[[Tensor, Tensor], None]:
-        def probe(u: Tensor, stored: Tensor) -> None:
+    def _membrane_hook(count: LayerCount) -> MembraneHook:
+        def hook(u: Tensor, stored: Tensor) -> None:
             count.channels = stored.shape[1]
             count.flops += stored.numel()
             count.effective += float(stored.ne(0).sum())
             count.positions += stored.numel() / stored.shape[1]
 
-        return probe
+        return hook
 
     def layers(self) -> list[LayerCount]:
         """Per-window counts of every layer, in module order (layers that never ran are left out)."""
         return [c.per_window(self.windows) for c in self.counts.values() if c.positions]
-
-
-def chain_probe(first: Callable[[Tensor, Tensor], None] | None,
-                second: Callable[[Tensor, Tensor], None]) -> Callable[[Tensor, Tensor], None]:
-    """A membrane probe calling ``first`` (if any) then ``second``, so several observers can watch one neuron."""
-    if first is None:
-        return second
-
-    def both(u: Tensor, stored: Tensor) -> None:
-        first(u, stored)
-        second(u, stored)
-
-    return both
-
-
-def run_recordings(
-    model: SpikingYOLO, paths: Iterable[str | os.PathLike[str]], max_windows: int = 0, progress: bool = False
-) -> int:
-    """Stream recordings through ``model`` window by window, state carried, as ``eval`` does; returns the windows run.
-
-    ``max_windows`` (0 = all) bounds the total; the windows are split evenly over the recordings. Run it inside a
-    :class:`FlopsCounter` (or with probes set) to measure.
-    """
-    paths = list(paths)
-    if not paths:
-        raise ValueError("no recordings to measure on")
-    detector = StreamingDetector(model)
-    per_recording = -(-max_windows // len(paths)) if max_windows > 0 else 0
-    done = 0
-    bar = tqdm(total=max_windows or None, desc="measure", unit="win", disable=not progress, leave=False)
-    for path in paths:
-        recording = open_recording(path)
-        if recording.width is None or recording.height is None:
-            raise ValueError(f"{path}: sensor size unknown; the header has no geometry")
-        stream = detector.for_sensor(recording.width, recording.height)
-        for k, _ in enumerate(stream.run(iter_windows(recording, stream.window_us))):
-            done += 1
-            bar.update()
-            if (per_recording and k + 1 >= per_recording) or (max_windows and done >= max_windows):
-                break
-        if max_windows and done >= max_windows:
-            break
-    bar.close()
-    return done
 
 
 def static_counts(model: SpikingYOLO) -> list[LayerCount]:
@@ -221,41 +178,53 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(math.ceil(p.numel() * bits.get(id(p), 32) / 8) for p in model.parameters())
 
 
-def state_neurons(model: SpikingYOLO) -> list[int]:
-    """Neurons of every membrane state tensor one stream holds (batch 1)."""
-    height, width = model.config.padded_size
-    with torch.inference_mode():
-        _, state = model.eval()(torch.zeros(model.config.bins, 1, 2, height, width, dtype=torch.uint8))
-    return [t.numel() for t in _tensors(state)]
+def footprint(model: Any) -> dict[str, int]:
+    """The size of a model as it runs, walked off its layer graph: one definition for the report, the service and
+    the export summary.
 
-
-def _tensors(state: Any) -> Iterator[Tensor]:
-    if isinstance(state, Tensor):
-        yield state
-    elif isinstance(state, dict):
-        for sub in state.values():
-            yield from _tensors(sub)
+    ``model`` is a trained :class:`SpikingYOLO` (float or fake-quant: every parameter counts; weights packed at
+    their configured bits; it holds its membranes as float32) or an integer runtime (weight codes plus the head's
+    parameters; weights as stored in its file; int8 membrane codes). Keys: ``conv_layers``, ``channels`` (their
+    output channels), ``params``, ``weight_bytes``, ``state_neurons``, ``state_bytes_per_stream`` (as held) and
+    ``state_bytes_per_stream_packed`` (at the membrane grid's bits; FP32 for a float membrane).
+    """
+    graph, cfg = model.graph, model.config
+    convs = [conv_spec(node) for node in graph.of_kind("conv")]
+    head_convs = [m for node in graph.of_kind("detect") for m in node.module.modules() if isinstance(m, nn.Conv2d)]
+    neurons = sum(math.prod(shape) for shape in graph.state_shapes(*cfg.padded_size).values())
+    neuron = cfg.neuron()
+    packed = neuron.grid.packed_nbytes(neurons) if neuron.quantize_membrane else FP32_BYTES * neurons
+    trained = isinstance(model, SpikingYOLO)
+    if trained:
+        params, weights, held = sum(p.numel() for p in model.parameters()), weight_bytes(model), FP32_BYTES * neurons
+    else:  # integer layers hold their codes as buffers; the file's bytes are what ships
+        codes = sum(c["out_channels"] * c["in_channels"] * math.prod(c["kernel"]) for c in convs)
+        params, weights, held = codes + sum(p.numel() for p in model.parameters()), model.weight_nbytes, neurons
+    return {
+        "conv_layers": len(convs) + len(head_convs),
+        "channels": sum(c["out_channels"] for c in convs) + sum(m.out_channels for m in head_convs),
+        "params": params,
+        "weight_bytes": weights,
+        "state_neurons": neurons,
+        "state_bytes_per_stream": held,
+        "state_bytes_per_stream_packed": packed,
+    }
 
 
 def memory(model: SpikingYOLO) -> dict[str, int]:
     """Weight and per-stream state bytes of ``model`` (packed, int8, FP32) and of its dense FP32 reference."""
-    neuron = model.config.neuron()
-    neurons = state_neurons(model)
-    if neuron.quantize_membrane:
-        packed = sum(neuron.grid.packed_nbytes(n) for n in neurons)
-        as_int8 = sum(neurons)
-    else:
-        packed = as_int8 = FP32_BYTES * sum(neurons)
-    dense = dense_reference(model.config)
+    own, dense = footprint(model), footprint(dense_reference(model.config))
+    neurons = own["state_neurons"]
+    quantized = model.config.neuron().quantize_membrane
     return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "params_dense": sum(p.numel() for p in dense.parameters()),
-        "weight_bytes": weight_bytes(model),
-        "fp32_weight_bytes": FP32_BYTES * sum(p.numel() for p in dense.parameters()),
-        "state_neurons": sum(neurons),
-        "state_bytes": packed,
-        "state_bytes_int8": as_int8,
-        "fp32_state_bytes": FP32_BYTES * sum(state_neurons(dense)),
+        "params": own["params"],
+        "params_dense": dense["params"],
+        "weight_bytes": own["weight_bytes"],
+        "fp32_weight_bytes": FP32_BYTES * dense["params"],
+        "state_neurons": neurons,
+        "state_bytes": own["state_bytes_per_stream_packed"],
+        "state_bytes_int8": neurons if quantized else FP32_BYTES * neurons,
+        "fp32_state_bytes": dense["state_bytes_per_stream"],
     }
 
 

@@ -1,10 +1,10 @@
 """The ultralytics Detect head for inference, fused: fewer, larger ops for the same outputs (to float rounding).
 
-:class:`~models.ultralytics_parts.Detect` runs, per level, a box branch (3×3 Conv-BN-SiLU twice, then a 1×1 conv)
-and a class branch (depthwise 3×3 then pointwise 1×1, twice, then a 1×1 conv): 9 convs, 7 BNs and 7 SiLUs per level,
-weights fake-quantized on every call when ``head_bits`` < 32, then DFL box decoding on freshly built anchors. At batch
-1 on the small feature maps of an event camera, per-op overhead dominates. :class:`FusedDetect` is derived from a
-loaded Detect once:
+:class:`~models.networks.ultralytics_parts.Detect` runs, per level, a box branch (3×3 Conv-BN-SiLU twice, then a 1×1
+conv) and a class branch (depthwise 3×3 then pointwise 1×1, twice, then a 1×1 conv): 9 convs, 7 BNs and 7 SiLUs per
+level, weights fake-quantized on every call when ``head_bits`` < 32, then DFL box decoding on freshly built anchors.
+At batch 1 on the small feature maps of an event camera, per-op overhead dominates. :class:`FusedDetect` is derived
+from a loaded Detect once:
 
 * the fake-quantized weights are computed once and every BN is folded into its conv (float64, then float32);
 * per level, the box branch's first 3×3 conv and the class branch's depthwise 3×3 read the same input, so they run as
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.ultralytics_parts import Conv, Detect, DWConv
+from models.networks.ultralytics_parts import Conv, Detect, DWConv
 
 MERGE_CHANNELS = 32  # merge the depthwise 3×3 into the box branch's 3×3 up to this many input channels (measured)
 

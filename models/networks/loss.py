@@ -1,4 +1,4 @@
-"""Detection loss for :class:`~models.detector.SpikingYOLO`: ultralytics' ``v8DetectionLoss`` wrapped.
+"""Detection loss for :class:`~models.networks.detector.SpikingYOLO`: ultralytics' ``v8DetectionLoss`` wrapped.
 
 The task-aligned assigner, DFL and CIoU come from ultralytics unchanged; this module only adapts our per-image box
 arrays to its batch format and exposes ``loss(preds, targets) -> (total, parts)``.
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.detector import SpikingYOLO
-from models.ultralytics_parts import v8DetectionLoss
+from models.networks.detector import SpikingYOLO
+from models.networks.ultralytics_parts import v8DetectionLoss
 
 
 class _LossView:

@@ -1,11 +1,12 @@
 """ONNX export of the integer runtime's single step ``(x, *state) -> (y, *state)`` with a flat tensor state.
 
-The graph holds the same integer arithmetic as :class:`~models.runtime.Runtime` (its PyTorch-op path): Conv over
-integer-valued float32 inputs, int64 Mul/Add and floor divisions by powers of two (exact ``Div`` + ``Mod``
+The graph holds the same integer arithmetic as :class:`~models.inference.runtime.Runtime` (its PyTorch-op path):
+Conv over integer-valued float32 inputs, int64 Mul/Add and floor divisions by powers of two (exact ``Div`` + ``Mod``
 correction on int64), Clip and Where for the LIF, int8 membranes in and out, then the float Detect head. Inputs are
 ``x`` (uint8 ``[T, 1, 2, H, W]``) and one int8 tensor per LIF (names from :func:`state_names`); outputs ``y`` and
 ``new.<name>`` for each. The detector config travels in the model's metadata (``spquant``), so
-:class:`OnnxStepModel` runs a file behind :class:`~models.stream.StreamingDetector` with ONNX Runtime alone.
+:class:`OnnxStepModel` runs a file behind :class:`~models.inference.stream.StreamingDetector` with ONNX Runtime
+alone.
 
 The export uses PyTorch's TorchScript-based exporter: the newer torch.export-based one turns int64 floor division
 into float32 ``Div`` + ``Floor``, which is not exact for fixed-point values above 2^24.
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.detector import DetectorConfig
-from models.runtime import Runtime, State
+from models.inference.runtime import ReferenceOps, Runtime, State
+from models.networks.detector import DetectorConfig
 
 OPSET = 17
 
@@ -35,14 +36,15 @@ def state_names(runtime: Runtime) -> list[str]:
 
 
 class _Step(nn.Module):
-    """``runtime`` with its state as positional tensors (what ONNX needs)."""
+    """``runtime`` on its reference ops (PyTorch integer ops, not compiled kernels: what ONNX can trace), with its
+    state as positional tensors (what ONNX needs)."""
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
-        self.runtime, self.names = runtime, state_names(runtime)
+        self.runtime, self.names, self.ops = runtime, state_names(runtime), ReferenceOps(runtime)
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y, new = self.runtime(x, dict(zip(self.names, state, strict=True)))
+        y, new = self.runtime.run(x, dict(zip(self.names, state, strict=True)), self.ops)
         return (y, *(new[n] for n in self.names))
 
 
@@ -53,18 +55,13 @@ def export_onnx(runtime: Runtime, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     step = _Step(runtime).eval()
-    fast, runtime.fast = runtime.fast, False  # trace the PyTorch integer ops, not the compiled kernels
-    try:
-        h, w = runtime.config.padded_size
-        x = torch.zeros((runtime.config.bins, 1, 2, h, w), dtype=torch.uint8)
-        state = runtime.init_state()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
-            torch.onnx.export(step, (x, *(state[n] for n in step.names)), str(path), input_names=["x", *step.names],
-                              output_names=["y", *(f"new.{n}" for n in step.names)], opset_version=OPSET,
-                              dynamo=False)
-    finally:
-        runtime.fast = fast
+    h, w = runtime.config.padded_size
+    x = torch.zeros((runtime.config.bins, 1, 2, h, w), dtype=torch.uint8)
+    state = runtime.init_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
+        torch.onnx.export(step, (x, *(state[n] for n in step.names)), str(path), input_names=["x", *step.names],
+                          output_names=["y", *(f"new.{n}" for n in step.names)], opset_version=OPSET, dynamo=False)
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {"spquant": json.dumps(runtime.config.to_dict())})
     onnx.save(model, str(path))

@@ -1,6 +1,6 @@
 """Channel pruning with a membrane-potential prior: importance, global FLOPs-targeted ranking, masks, physical removal.
 
-A *channel group* is a set of channels that must go together (the names of :func:`models.detector.default_widths`):
+A *channel group* is a set of channels that must go together (the names of ``default_widths`` in the detector):
 the output of one conv + BN + LIF, a residual current stream shared by a stage's blocks, shortcuts and readers, the
 FPN width (the top-down sum ties every level), or a hidden width of the Detect head.
 
@@ -31,9 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.detector import SpikingYOLO, build_detector
-from models.flops import FlopsCounter, LayerCount, chain_probe, run_recordings
-from models.neuron import IntegerLIF
+from models.compress.accounting import FlopsCounter, LayerCount
+from models.inference.stream import run_recordings
+from models.networks.detector import SpikingYOLO, build_detector
+from models.networks.head import head_channel_table
+from models.networks.neuron import IntegerLIF, MembraneHook, membrane_hooks
 
 _EPS = 1e-12
 
@@ -56,58 +58,36 @@ class ChannelGroup:
 
 
 def channel_groups(model: SpikingYOLO) -> dict[str, ChannelGroup]:
-    """Every channel group of ``model``, keyed like :meth:`DetectorConfig.widths`."""
+    """Every channel group of ``model``, keyed like :meth:`DetectorConfig.widths`, derived from its layer graph.
+
+    A conv node produces its group (conv and BN sliced on output channels) and consumes the group of its input; a LIF
+    belongs to its input's group (per-channel θ sliced, input masked, membrane scored); the Detect head's insides
+    come from :func:`~models.networks.head.head_channel_table`.
+    """
+    graph = model.graph
     widths = model.config.widths()
     groups: dict[str, ChannelGroup] = {}
 
     def group(name: str) -> ChannelGroup:
         return groups.setdefault(name, ChannelGroup(name, widths[name]))
 
-    backbone, neck, head = model.backbone, model.neck, model.head
-    stem1 = group("stem1")
-    stem1.produce += [backbone.stem1.conv_bn.conv, backbone.stem1.conv_bn.bn, backbone.stem1.lif]
-    stem1.lifs.append(backbone.stem1.lif)
-    stem1.consume.append(backbone.stem2.conv)
-    stream = group("stem2")  # the current stream entering the next block
-    stream.produce += [backbone.stem2.conv, backbone.stem2.bn]
-    for i, stage in enumerate(backbone.stages):
-        for j, block in enumerate(stage):
-            stream.produce.append(block.lif1)  # lif1 integrates the stream it reads
-            stream.lifs.append(block.lif1)
-            stream.consume.append(block.conv1.conv)
-            if block.shortcut is None:
-                out = stream  # identity shortcut: the block adds to the stream it reads
-            else:
-                stream.consume.append(block.shortcut.conv)
-                out = group(f"stage{i}")
-                out.produce += [block.shortcut.conv, block.shortcut.bn]
-            mid = group(f"stage{i}.{j}")
-            mid.produce += [block.conv1.conv, block.conv1.bn, block.lif2]
-            mid.lifs.append(block.lif2)
-            mid.consume.append(block.conv2.conv)
-            out.produce += [block.conv2.conv, block.conv2.bn]
-            stream = out
-        stream.produce.append(neck.inputs[i])
-        stream.lifs.append(neck.inputs[i])
-        stream.consume.append(neck.lateral[i].conv)
-    fpn = group("neck")
-    for k, (lateral, lif) in enumerate(zip(neck.lateral, neck.outputs, strict=True)):
-        box, cls = head.cv2[k], head.cv3[k]
-        fpn.produce += [lateral.conv, lateral.bn, lif, cls[0][0].conv, cls[0][0].bn]  # cls[0][0]: depthwise
-        fpn.lifs.append(lif)
-        fpn.gated.append(cls[0][0])  # a depthwise conv of a silent channel outputs SiLU(BN shift) ≠ 0
-        fpn.consume += [box[0].conv, cls[0][1].conv]
-        layers = {
-            "box.0": ([box[0].conv, box[0].bn], box[1].conv, box[0]),
-            "box.1": ([box[1].conv, box[1].bn], box[2], box[1]),
-            "cls.0": ([cls[0][1].conv, cls[0][1].bn, cls[1][0].conv, cls[1][0].bn], cls[1][1].conv, cls[1][0]),
-            "cls.1": ([cls[1][1].conv, cls[1][1].bn], cls[2], cls[1][1]),
-        }
-        for suffix, (produce, consume, gated) in layers.items():
-            hidden = group(f"head{k}.{suffix}")
-            hidden.produce += produce
-            hidden.consume.append(consume)
-            hidden.gated.append(gated)
+    for node in graph:
+        if node.kind == "conv":
+            group(node.group).produce += [node.module.conv, node.module.bn]
+            source = graph.group(node.inputs[0])
+            if source is not None:
+                group(source).consume.append(node.module.conv)
+        elif node.kind == "lif":
+            owner = group(graph.group(node.name))
+            owner.produce.append(node.module)
+            owner.lifs.append(node.module)
+        elif node.kind == "detect":
+            for level, source in enumerate(node.inputs):
+                for entry in head_channel_table(node.module, level):
+                    owner = group(entry.group or graph.group(source))
+                    owner.produce += entry.produce
+                    owner.consume += entry.consume
+                    owner.gated.append(entry.gated)
     return groups
 
 
@@ -133,29 +113,22 @@ def channel_importance(
         sums[key] = sums.get(key, 0) + per_channel.double()
         counts[key] = counts.get(key, 0) + n
 
-    def prior_probe(lif: IntegerLIF) -> Callable[[Tensor, Tensor], None]:
-        def probe(u: Tensor, stored: Tensor) -> None:  # u: [B, C, H, W]
+    def prior_hook(lif: IntegerLIF) -> MembraneHook:
+        def hook(u: Tensor, stored: Tensor) -> None:  # u: [B, C, H, W]
             accumulate(id(lif), u.clamp(0, 1).sum((0, 2, 3)), u.numel() // u.shape[1])
 
-        return probe
+        return hook
 
     def activation_hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
         accumulate(id(module), out.abs().sum((0, 2, 3)), out.numel() // out.shape[1])  # out: [B, C, h, w]
 
-    previous = {}
-    handles = []
-    for g in groups.values():
-        for lif in g.lifs:
-            previous[lif] = lif.probe
-            lif.probe = chain_probe(lif.probe, prior_probe(lif))
-        if not g.lifs:
-            handles += [m.register_forward_hook(activation_hook) for m in g.gated]
+    lifs = [lif for g in groups.values() for lif in g.lifs]
+    gated = [m for g in groups.values() if not g.lifs for m in g.gated]
+    handles = [m.register_forward_hook(activation_hook) for m in gated]
     try:
-        with FlopsCounter(model) as counter:
+        with membrane_hooks((lif, prior_hook(lif)) for lif in lifs), FlopsCounter(model) as counter:
             windows = run_recordings(model, recordings, max_windows, progress)
     finally:
-        for lif, probe in previous.items():
-            lif.probe = probe
         for handle in handles:
             handle.remove()
     importance = {}

@@ -1,7 +1,7 @@
 """Load a detector from a training checkpoint (``.pt``) or an exported integer model (``.spq``).
 
 The kind is read from the file's first bytes, not its name: a checkpoint is a zip archive (``torch.save``), an
-exported model has the safetensors layout. Both results run behind :class:`~models.stream.StreamingDetector`.
+exported model has the safetensors layout. Both results run behind :class:`~models.inference.stream.StreamingDetector`.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from models.checkpoint import load_detector
-from models.detector import SpikingYOLO
-from models.export import is_spq
-from models.runtime import Runtime
+from models.inference.export import is_spq
+from models.inference.runtime import Runtime
+from models.networks.checkpoint import load_detector
+from models.networks.detector import SpikingYOLO
 
 
 def load_model(path: str | os.PathLike[str], integer: bool = False) -> SpikingYOLO | Runtime:

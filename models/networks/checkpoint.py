@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from models.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
 
 FORMAT = "spquant-checkpoint"
 VERSION = 1

@@ -13,19 +13,22 @@ and ``Q`` is clamp + round-half-up on the integer codes ``m/q``; nothing else is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import Self
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from models.frozen_config import FrozenConfig, check, is_real
-from models.quant import LevelGrid
-from models.surrogate import SPIKE_SURROGATES, quantize_membrane, spike
+from models.networks.frozen_config import FrozenConfig, check, is_real
+from models.networks.quant import LevelGrid
+from models.networks.surrogate import SPIKE_SURROGATES, quantize_membrane, spike
 
 RESETS = ("hard", "soft")
+MembraneHook = Callable[[Tensor, Tensor], None]  # (charged u, stored membrane), both [B, C, H, W] in θ units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +85,13 @@ class IntegerLIF(nn.Module):
 
     ``forward(x, state) -> (spikes, state)``: ``x`` is ``[T, B, C, H, W]`` (multi-step) or ``[B, C, H, W]``
     (single step, same result as T = 1); ``state`` is ``[B, C, H, W]`` or ``None`` for a fresh one. Nothing is
-    kept between calls. After :meth:`use_int8_state` the state holds int8 level codes (``m/step``), spikes come
-    back as bool, and the spikes equal those of the float path on the same input.
+    kept between calls. Integer inference (int8 level codes) is the exported runtime's job
+    (:mod:`models.inference.runtime`), not a mode of this module.
 
-    ``probe`` (default None) observes the dynamics without changing them: when set, it is called at every step with
-    the charged membrane ``u`` and the stored membrane after the step (both ``[B, C, H, W]``, in θ units); pruning
-    calibration and FLOPs counting use it.
+    Membrane hooks observe the dynamics without changing them: :meth:`register_membrane_hook` (or the
+    :func:`membrane_hooks` context manager) adds a callable that gets, at every step, the charged membrane ``u`` and
+    the stored membrane after the step (both ``[B, C, H, W]``, in θ units); pruning calibration and FLOPs counting
+    use them.
     """
 
     def __init__(self, config: NeuronConfig | None = None, channels: int | None = None) -> None:
@@ -105,27 +109,25 @@ class IntegerLIF(nn.Module):
             self.log_threshold = nn.Parameter(log_threshold)
         else:
             self.register_buffer("log_threshold", log_threshold)
-        self.int8_state = False
-        self.probe: Callable[[Tensor, Tensor], None] | None = None
+        self._membrane_hooks: OrderedDict[int, MembraneHook] = OrderedDict()  # weakly referenced by handles
 
     @property
     def threshold(self) -> Tensor:
         """θ, shape ``[]`` or ``[C, 1, 1]``."""
         return self.log_threshold.exp()
 
-    def use_int8_state(self, enabled: bool = True) -> Self:
-        """Switch to integer inference (int8 state codes, bool spikes, no gradients) or back."""
-        if enabled and not self.config.quantize_membrane:
-            raise ValueError("int8 state needs a quantized membrane (NeuronConfig.quantize_membrane=True)")
-        self.int8_state = enabled
-        return self
+    def register_membrane_hook(self, hook: MembraneHook) -> RemovableHandle:
+        """Call ``hook(u, stored)`` at every step of every forward until the returned handle's ``remove()``."""
+        handle = RemovableHandle(self._membrane_hooks)
+        self._membrane_hooks[handle.id] = hook
+        return handle
 
     def init_state(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> Tensor:
-        """A fresh (all-zero) state of shape ``[B, C, H, W]``: int8 in integer inference, else ``dtype``."""
+        """A fresh (all-zero) state of shape ``[B, C, H, W]``."""
         if len(shape) != 4:
             raise ValueError(f"a neuron state has shape [B, C, H, W], got {tuple(shape)}")
-        return torch.zeros(shape, dtype=torch.int8 if self.int8_state else dtype, device=device)
+        return torch.zeros(shape, dtype=dtype, device=device)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if x.dim() not in (4, 5) or not x.is_floating_point():
@@ -136,22 +138,17 @@ class IntegerLIF(nn.Module):
         steps = x if x.dim() == 5 else x.unsqueeze(0)  # [T, B, C, H, W]
         state = self._checked_state(state, steps)
         current = steps / self.threshold  # [T, B, C, H, W], in θ units
-        if self.int8_state:
-            spikes, state = self._run_int8(current, state)
-        else:
-            spikes, state = self._run(current, state)
+        spikes, state = self._run(current, state)
         return (spikes if x.dim() == 5 else spikes[0]), state
 
     def _checked_state(self, state: Tensor | None, steps: Tensor) -> Tensor:
-        expected_dtype = torch.int8 if self.int8_state else steps.dtype
         if state is None:
             return self.init_state(steps.shape[1:], device=steps.device, dtype=steps.dtype)
         if not isinstance(state, Tensor) or state.shape != steps.shape[1:]:
             raise ValueError(f"state shape {tuple(getattr(state, 'shape', ()))} does not match the input's "
                              f"[B, C, H, W] = {tuple(steps.shape[1:])}")
-        if state.dtype != expected_dtype:
-            raise ValueError(f"state dtype {state.dtype} does not match this neuron's mode (expected {expected_dtype}"
-                             f"{'; int8 inference is on' if self.int8_state else ''})")
+        if state.dtype != steps.dtype:
+            raise ValueError(f"state dtype {state.dtype} does not match the input's {steps.dtype}")
         return state
 
     def _run(self, current: Tensor, membrane: Tensor) -> tuple[Tensor, Tensor]:
@@ -163,32 +160,10 @@ class IntegerLIF(nn.Module):
             s = spike(u, theta, cfg.surrogate, cfg.surrogate_width)
             after = u * (1 - s) if cfg.reset == "hard" else u - s
             membrane = quantize_membrane(after, self.grid, cfg.surrogate_k) if cfg.quantize_membrane else after
-            if self.probe is not None:
-                self.probe(u, membrane)
+            for hook in self._membrane_hooks.values():
+                hook(u, membrane)
             spikes.append(s)
         return torch.stack(spikes), membrane
-
-    @torch.no_grad()
-    def _run_int8(self, current: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
-        """Integer-state path: the same float operations as :meth:`_run`, so the spikes are bit-identical."""
-        cfg, grid = self.config, self.grid
-        spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)  # [T, B, C, H, W]
-        for t in range(current.shape[0]):
-            u = codes.to(current.dtype)  # level codes -> membrane in θ units
-            if grid.step != 1.0:
-                u.mul_(grid.step)
-            u.mul_(cfg.leak).add_(current[t])
-            fired = torch.gt(u, 1, out=spikes[t])
-            charged = u.clone() if self.probe is not None else u
-            if cfg.reset == "soft":
-                u.sub_(fired.to(u.dtype))
-            codes = grid.codes(u).to(torch.int8)
-            if cfg.reset == "hard":
-                # Q(0) = 0, so zeroing the code equals quantizing the reset membrane (mul: far faster than masked_fill)
-                codes.mul_(fired.logical_not())
-            if self.probe is not None:
-                self.probe(charged, codes.to(current.dtype) * grid.step)
-        return spikes, codes
 
     def extra_repr(self) -> str:
         cfg = self.config
@@ -196,9 +171,12 @@ class IntegerLIF(nn.Module):
         return f"leak={cfg.leak}, membrane={grid}, reset={cfg.reset}, channels={self.channels}"
 
 
-def set_int8_state(module: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch every :class:`IntegerLIF` inside ``module`` to (or from) integer inference; returns ``module``."""
-    for child in module.modules():
-        if isinstance(child, IntegerLIF):
-            child.use_int8_state(enabled)
-    return module
+@contextlib.contextmanager
+def membrane_hooks(hooks: Iterable[tuple[IntegerLIF, MembraneHook]]) -> Iterator[None]:
+    """Register each ``(neuron, hook)`` pair for the duration of the ``with`` block; removed on exit, errors too."""
+    handles = [lif.register_membrane_hook(hook) for lif, hook in hooks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

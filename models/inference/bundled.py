@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "spquant-n.pt"
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "weights" / "spquant-n.pt"
 
 
 def default_model_path() -> Path:

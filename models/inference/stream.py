@@ -2,27 +2,31 @@
 
 ``StreamingDetector.step(events, t_start, state) -> (detections, state)`` turns one window of sensor events into
 boxes in the sensor's coordinates, stamped with the window's end time; ``run`` does it for a whole recording;
-:func:`step_batch` runs one window of each of several streams as one forward pass (the service under load). The
+:func:`step_batch` runs one window of each of several streams as one forward pass (the service under load);
+:func:`run_recordings` streams whole recordings through a model while something measures it. The
 model is anything with a ``config`` and ``model(x, state) -> (y, state)``: the trained (fake-quant or FP32)
-:class:`~models.detector.SpikingYOLO` or the integer :class:`~models.runtime.Runtime`.
+:class:`~models.networks.detector.SpikingYOLO` or the integer :class:`~models.inference.runtime.Runtime`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from data.formats.labels import BBOX_DTYPE
+from data.formats.recording import open_recording
 from data.geometry import Letterbox
 from data.representation import StackedHistogram
-from data.windows import Window
-from models.detector import DetectorConfig
-from models.state import split_state, stack_states
-from models.ultralytics_parts import non_max_suppression
+from data.windows import Window, iter_windows
+from models.networks.detector import DetectorConfig
+from models.networks.state import split_state, stack_states
+from models.networks.ultralytics_parts import non_max_suppression
 
 
 class StreamModel(Protocol):
@@ -140,3 +144,34 @@ def step_batch(jobs: Sequence[WindowJob]) -> list[tuple[np.ndarray, Any]]:
     y, state = model(x, stack_states([job.state for job in jobs]))  # x [T, B, 2, H, W] → y [B, 4 + nc, anchors]
     states = split_state(state, [1] * len(jobs))
     return [(job.detector.boxes(y[i : i + 1], job.t_start), states[i]) for i, job in enumerate(jobs)]
+
+
+def run_recordings(
+    model: StreamModel, paths: Iterable[str | os.PathLike[str]], max_windows: int = 0, progress: bool = False
+) -> int:
+    """Stream recordings through ``model`` window by window, state carried, as ``eval`` does; returns the windows run.
+
+    ``max_windows`` (0 = all) bounds the total; the windows are split evenly over the recordings. Measurements
+    (FLOPs counters, calibration hooks) watch the model while this runs.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no recordings to measure on")
+    detector = StreamingDetector(model)
+    per_recording = -(-max_windows // len(paths)) if max_windows > 0 else 0
+    done = 0
+    bar = tqdm(total=max_windows or None, desc="measure", unit="win", disable=not progress, leave=False)
+    for path in paths:
+        recording = open_recording(path)
+        if recording.width is None or recording.height is None:
+            raise ValueError(f"{path}: sensor size unknown; the header has no geometry")
+        stream = detector.for_sensor(recording.width, recording.height)
+        for k, _ in enumerate(stream.run(iter_windows(recording, stream.window_us))):
+            done += 1
+            bar.update()
+            if (per_recording and k + 1 >= per_recording) or (max_windows and done >= max_windows):
+                break
+        if max_windows and done >= max_windows:
+            break
+    bar.close()
+    return done

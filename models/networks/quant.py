@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from models.frozen_config import FrozenConfig, check, is_real
+from models.networks.frozen_config import FrozenConfig, check, is_real
 
 FULL_PRECISION_BITS = 32
 _EPS = 1e-12  # scale floor for all-zero channels (their codes are 0 anyway)

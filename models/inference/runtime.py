@@ -1,12 +1,12 @@
 """The integer runtime: runs an exported ``.spq`` model window by window with int8 membrane state.
 
 ``Runtime.load(path)`` rebuilds the network from the file alone (no training code, no checkpoint). Per window,
-``runtime(x, state) -> (head_output, state)`` has the interface of :class:`~models.detector.SpikingYOLO` in eval
-mode, so :class:`~models.stream.StreamingDetector` runs either; ``runtime.step(...)`` adds the input
-representation and NMS.
+``runtime(x, state) -> (head_output, state)`` has the interface of the trained detector in eval mode, so
+:class:`~models.inference.stream.StreamingDetector` (input representation and NMS) runs either. The network is the
+exported layer graph, run by :meth:`Graph.run <models.networks.graph.Graph.run>` with this module's ops.
 
-What is integer (see :mod:`models.export` for the arithmetic): every conv accumulates integer weight codes over
-integer inputs (event counts, binary spikes); BN, weight scales and θ are per-channel fixed-point
+What is integer (see :mod:`models.inference.export` for the arithmetic): every conv accumulates integer weight codes
+over integer inputs (event counts, binary spikes); BN, weight scales and θ are per-channel fixed-point
 ``(multiplier, shift, bias)`` maps in int64; residual and FPN sums are int64 adds; the LIF is adds, shifts,
 comparisons and clamps on int64 with int8 membrane codes, spikes are 0/1. What is float: the conv accumulation runs
 as a float32 GEMM (PyTorch has no integer CPU conv) whose every partial sum is an integer below 2^24 and hence
@@ -14,12 +14,13 @@ exact — bit-identical to int32 accumulation; and the ultralytics Detect head (
 which reads the firing rates ``spike count / T``, stays float32 as in the trained model (a fake-quantized head's conv
 weights are stored as packed codes and scales, and load as the fake-quantized weights ``codes × scale``).
 
-Speed: the LIF (all T steps of a neuron in registers) and the requantization run as compiled numba loops; the
-first conv runs event-driven (work ∝ events) when the histogram is sparse; 1×1 convs run as matmuls; the FPN's
-upsample-and-add broadcasts in place; and the Detect head runs fused (:class:`~models.fused_head.FusedDetect`: BN
-folded, branches merged, anchors cached; derived at load, not stored), which agrees with the Detect head to float32
-rounding. ``runtime.fast = False`` computes the same integers with PyTorch ops and runs the Detect head itself (the
-bit-exact reference the tests compare against, and what the ONNX export traces).
+Backends (chosen when the runtime is built, ``backend=``): ``"kernels"`` (:class:`KernelOps`, the default) runs
+the LIF (all T steps of a neuron in registers) and the requantization as compiled numba loops, the first conv
+event-driven (work ∝ events) when the histogram is sparse, the FPN's upsample-and-add in place, and the Detect head
+fused (:class:`~models.inference.fused_head.FusedDetect`: BN folded, branches merged, anchors cached; derived at
+load, not stored), which agrees with the Detect head to float32 rounding. ``"reference"`` (:class:`ReferenceOps`)
+computes the same integers with PyTorch ops and runs the Detect head itself: the bit-exact reference the tests
+compare against, and what the ONNX export traces. In both, 1×1 convs run as matmuls.
 
 Batches: ``x [T, B, 2, H, W]`` with a state of int8 ``[B, C, h, w]`` codes runs B independent streams in one call,
 each with the results it gets alone.
@@ -30,7 +31,6 @@ kernels release the GIL.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Self
@@ -40,11 +40,12 @@ import torch
 from numba import njit
 from torch import Tensor, nn
 
-from models.detector import DetectorConfig, SpikingYOLO, build_detector
-from models.export import ExportFormatError, fold, read_spq, unpack_codes
-from models.fused_head import FusedDetect
-from models.quant import FULL_PRECISION_BITS
-from models.stream import StreamingDetector
+from models.inference.export import ExportFormatError, fold, read_spq, unpack_codes
+from models.inference.fused_head import FusedDetect
+from models.networks.detector import DetectorConfig, SpikingYOLO
+from models.networks.graph import Graph, Node
+from models.networks.head import detect_head
+from models.networks.quant import FULL_PRECISION_BITS, QuantConfig
 
 State = dict[str, Tensor]
 SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven first conv
@@ -260,8 +261,8 @@ def _map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.nda
 
 def _head_state(packed: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, Tensor]:
     """The Detect head's state dict from the ``head.*`` tensors: each weight listed in ``packed`` (a fake-quantized
-    conv's) as float32 ``codes × scale`` — the product :func:`models.quant.fake_quant_weight` forms — the rest as
-    stored."""
+    conv's) as float32 ``codes × scale`` — the product :func:`~models.networks.quant.fake_quant_weight` forms — the
+    rest as stored."""
     state = {k[5:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("head.")}
     for key, spec in packed.items():
         shape, scale = spec["shape"], state.pop(f"{key.removesuffix('.weight')}.scale")
@@ -276,191 +277,161 @@ def _key(name: str) -> str:
     return name.replace(".", "/")
 
 
+BACKENDS = ("kernels", "reference")
+
+
 class Runtime(nn.Module):
-    """An exported integer detector: ``runtime(x, state) -> (y, state)``, ``init_state()``, ``step(...)``.
+    """An exported integer detector: ``runtime(x, state) -> (y, state)`` and ``init_state()``.
 
     ``x`` is ``[T, B, 2, H, W]`` counts (uint8 from the histogram); ``state`` a flat dict ``{lif name: int8 [B, C,
     h, w]}`` (membrane level codes) or None for a fresh one; ``y`` is ``[B, 4 + nc, anchors]`` as the trained
-    model gives in eval mode.
+    model gives in eval mode. The network is the exported layer graph (:attr:`graph`, its nodes bound to the
+    integer layers), run by one of two backends chosen at construction: ``"kernels"`` (compiled LIF and
+    requantization, the event-driven first conv, the fused head: what serves) or ``"reference"`` (the same
+    integers with PyTorch ops and the Detect head itself: what the tests compare against and ONNX traces).
     """
 
-    def __init__(self, meta: dict[str, Any], tensors: dict[str, np.ndarray], source: Path | None = None) -> None:
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, np.ndarray], source: Path | None = None,
+                 backend: str = "kernels") -> None:
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown runtime backend {backend!r}; backends are {BACKENDS}")
         try:
             self.config = DetectorConfig.from_dict(meta["detector"])
-            self.graph = meta["graph"]
-            self.convs = nn.ModuleDict({_key(n): IntConv(s, tensors, n) for n, s in meta["convs"].items()})
-            self.lifs = nn.ModuleDict({_key(n): IntLIF(s, tensors, n, meta["frac_bits"])
-                                       for n, s in meta["lifs"].items()})
+            graph = Graph.from_description(meta["graph"])
+            self.convs = nn.ModuleDict({_key(n.name): IntConv(n.attrs, tensors, n.name) for n in graph.of_kind("conv")})
+            self.lifs = nn.ModuleDict({_key(n.name): IntLIF(n.attrs, tensors, n.name, meta["frac_bits"])
+                                       for n in graph.of_kind("lif")})
+            (detect,) = graph.of_kind("detect")
             # The head is built by the detector's own code from the config (hidden widths of a pruned head), with plain
             # convs: a fake-quantized head's weights load as the codes × scale its forward used, and re-quantizing
             # them on every call could only add error (it moves a ternary scale by an ulp).
-            self.head = build_detector(dataclasses.replace(self.config, head_bits=FULL_PRECISION_BITS)).head
-            self.head.load_state_dict(_head_state(meta["head_weights"], tensors))
-            self.head.stride = torch.tensor(self.graph["head"]["strides"], dtype=torch.float32)
+            cfg = self.config
+            self.head = detect_head(cfg.widths()["neck"], len(detect.inputs), cfg.class_names, cfg.reg_max,
+                                    cfg.widths(), QuantConfig(weight_bits=FULL_PRECISION_BITS))
+            self.head.load_state_dict(_head_state(detect.attrs["head_weights"], tensors))
+            self.head.stride = torch.tensor(detect.attrs["strides"], dtype=torch.float32)
+            self.head.eval()
             # Derived at load from the head's tensors (not stored); None: run the head as is
-            self.fused_head = FusedDetect(self.head.eval()) if FusedDetect.supports(self.head) else None
+            self.fused_head = FusedDetect(self.head) if FusedDetect.supports(self.head) else None
+            layers = {**{n.name: self.convs[_key(n.name)] for n in graph.of_kind("conv")},
+                      **{n.name: self.lifs[_key(n.name)] for n in graph.of_kind("lif")}, detect.name: self.head}
+            self.graph = graph.bind(layers)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             where = f"{source}: " if source else ""
             raise ExportFormatError(f"{where}inconsistent integer model ({type(exc).__name__}: {exc})") from exc
         self.requires_grad_(False)
         self.eval()
         self.source = source
-        self.state_shapes = self._state_shapes(*self.config.padded_size)
+        self.backend = backend
+        self.ops = KernelOps(self) if backend == "kernels" else ReferenceOps(self)
+        self.state_shapes = self.graph.state_shapes(*self.config.padded_size)
         self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
-        # Compiled kernels for the LIF and requantization (one pass, no temporaries) and the fused head; False: the
-        # same integer arithmetic as PyTorch ops and the Detect head itself (the reference, and what ONNX traces).
-        self.fast = True
-
-    def summary(self) -> dict[str, int]:
-        """Size figures: conv layers, their output channels, parameters (weight codes + head) and stored bytes."""
-        convs = [*self.convs.values(), *(m for m in self.head.modules() if isinstance(m, nn.Conv2d))]
-        codes = sum(c.weight.numel() for c in self.convs.values())
-        return {
-            "conv_layers": len(convs),
-            "channels": sum(c.weight.shape[0] for c in convs),
-            "params": codes + sum(p.numel() for p in self.head.parameters()),
-            "weight_bytes": self.weight_nbytes,
-            "state_bytes_per_stream": self.state_nbytes(),
-            "state_bytes_per_stream_packed": self.state_nbytes(packed=True),
-        }
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Self:
-        """The runtime of an exported ``.spq`` file (see :func:`models.export.read_spq` for the errors)."""
+    def load(cls, path: str | os.PathLike[str], backend: str = "kernels") -> Self:
+        """The runtime of an exported ``.spq`` file (see :func:`models.inference.export.read_spq` for the errors)."""
         meta, tensors = read_spq(path)
-        return cls(meta, tensors, Path(path))
+        return cls(meta, tensors, Path(path), backend)
 
     @classmethod
-    def from_model(cls, model: SpikingYOLO) -> Self:
+    def from_model(cls, model: SpikingYOLO, backend: str = "kernels") -> Self:
         """Fold a trained detector in memory (what ``export`` then ``load`` gives, without the file)."""
-        return cls(*fold(model))
-
-    def _acc(self, name: str, x: Tensor, events: bool = False) -> Tensor:
-        """Conv accumulators ``[T, B, C, H, W]`` → ``[T, B, C', h, w]`` (time folded into the batch: one GEMM).
-
-        ``events``: the input is the event histogram; where at most :data:`SPARSE_INPUT` of it is non-zero, the
-        event-driven conv gives the same integers for far less work.
-        """
-        conv = self.convs[_key(name)]
-        flat = x.flatten(0, 1)
-        if self.fast and events and conv.square and _nonzero(flat) <= SPARSE_INPUT * flat.numel():
-            return conv.sparse(flat).unflatten(0, x.shape[:2])
-        return conv(flat.to(torch.float32)).unflatten(0, x.shape[:2])  # counts ≤ cutoff: exact in float32
-
-    def _current(self, name: str, x: Tensor) -> Tensor:
-        """Conv → its map: a real-valued ``Q(F)`` current ``[T, B, C', h, w]`` int64."""
-        conv = self.convs[_key(name)]
-        acc = conv(x.flatten(0, 1))
-        if not self.fast:
-            return conv.map(acc).unflatten(0, x.shape[:2])
-        out = torch.empty(acc.shape, dtype=torch.int64)
-        _map_kernel(acc.flatten(2).numpy(), *conv.map.arrays(), out.flatten(2).numpy())
-        return out.unflatten(0, x.shape[:2])
-
-    def _lif(self, name: str, x: Tensor, input_map: FixedPointMap, state: State, new: State) -> Tensor:
-        codes = state[name]
-        if codes.dtype != torch.int8 or codes.shape != x.shape[1:]:
-            raise ValueError(f"state {name!r}: expected int8 {tuple(x.shape[1:])}, got {codes.dtype} "
-                             f"{tuple(codes.shape)}")
-        lif = self.lifs[_key(name)]
-        spikes, new[name] = (lif.fused if self.fast else lif)(x, codes, input_map)
-        return spikes
+        return cls(*fold(model), backend=backend)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        return self.run(x, state, self.ops)
+
+    def run(self, x: Tensor, state: State | None, ops: ReferenceOps) -> tuple[Tensor, State]:
+        """:meth:`forward` with the given ops (``ReferenceOps(runtime)`` traces the PyTorch-op path for ONNX)."""
         if x.dim() != 5 or x.shape[2] != 2 or tuple(x.shape[-2:]) != self.config.padded_size:
             raise ValueError(f"expected input [T, B, 2, {self.config.padded_size[0]}, {self.config.padded_size[1]}], "
                              f"got {tuple(x.shape)}")
-        if state is None:
-            state = self.init_state(x.shape[1])
-        elif not isinstance(state, dict) or set(state) != set(self.state_shapes):
-            raise ValueError("state must be None or a dict from init_state() / a previous call of this runtime")
-        new: State = {}
-        g, convs, lifs = self.graph, self.convs, self.lifs
-
-        def lif_after_conv(lif: str, conv: str, spikes: Tensor, events: bool = False) -> Tensor:
-            # θ folded into the conv's map
-            return self._lif(lif, self._acc(conv, spikes, events), convs[_key(conv)].map, state, new)
-
-        def lif_on_stream(lif: str, current: Tensor) -> Tensor:  # a shared current, rescaled by the LIF's 1/θ
-            return self._lif(lif, current, lifs[_key(lif)].map, state, new)
-
-        spikes = lif_after_conv(g["stem"]["lif"], g["stem"]["conv"], x, events=True)
-        y = self._current(g["stem"]["conv2"], spikes)  # real-valued currents, Q(F)
-        features = []
-        for blocks in g["stages"]:
-            for b in blocks:
-                s1 = lif_on_stream(b["lif1"], y)
-                s2 = lif_after_conv(b["lif2"], b["conv1"], s1)
-                y = self._current(b["conv2"], s2) + (y if b["shortcut"] is None else self._current(b["shortcut"], s1))
-            features.append(y)
-        neck = g["neck"]
-        lateral = [self._current(conv, lif_on_stream(lif, f))
-                   for lif, conv, f in zip(neck["inputs"], neck["lateral"], features, strict=True)]
-        merged = [lateral[-1]]
-        for current in reversed(lateral[:-1]):
-            if self.fast:
-                merged.insert(0, _add_upsampled(current, merged[0]))
-            else:
-                merged.insert(0, current + _upsample_nearest(merged[0], current.shape[-2:]))
-        rates = [lif_on_stream(lif, m).mean(0) for lif, m in zip(neck["outputs"], merged, strict=True)]
-        # rates: spike count / T, [B, C, h, w] float32, as the trained model
-        if self.fast and self.fused_head is not None:
-            return self.fused_head(rates), new
-        return self.head(rates)[0], new
+        return self.graph.run(ops, x, self.init_state(x.shape[1]) if state is None else state)
 
     def init_state(self, batch: int = 1) -> State:
         """A fresh state (all membrane codes 0) for ``batch`` streams."""
         return {name: torch.zeros((batch, *shape), dtype=torch.int8) for name, shape in self.state_shapes.items()}
 
-    def state_nbytes(self, packed: bool = False) -> int:
-        """Bytes of one stream's state: as held (int8 per neuron) or packed at the membrane's bit width."""
-        total = 0
-        for name, shape in self.state_shapes.items():
-            lif = self.lifs[_key(name)]
-            levels = ((lif.high - lif.low) >> lif.step_shift) + 1
-            bits = max(1, (levels - 1).bit_length()) if packed else 8
-            total += -(-int(np.prod(shape)) * bits // 8)
+
+class ReferenceOps:
+    """The runtime's integer arithmetic as PyTorch ops, node kind by node kind (the graph backend ONNX traces).
+
+    A conv whose map has θ folded in (``attrs["output"] == "theta"``) hands its float32 accumulators to the one
+    LIF that reads it, which applies the conv's map; every other conv outputs ``Q(F)`` int64 currents.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.convs, self.lifs, self.head = runtime.convs, runtime.lifs, runtime.head
+
+    def conv(self, node: Node, x: Tensor) -> Tensor:
+        conv = self.convs[_key(node.name)]
+        acc = conv(x.flatten(0, 1).to(torch.float32))  # counts ≤ cutoff and spikes: exact in float32
+        return self._output(node, conv, acc).unflatten(0, x.shape[:2])  # [T, B, C', h, w]
+
+    def _output(self, node: Node, conv: IntConv, acc: Tensor) -> Tensor:
+        return acc if node.attrs["output"] == "theta" else conv.map(acc)
+
+    def lif(self, node: Node, x: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+        if not isinstance(codes, Tensor) or codes.dtype != torch.int8 or codes.shape != x.shape[1:]:
+            raise ValueError(f"state {node.name!r}: expected int8 {tuple(x.shape[1:])}, got "
+                             f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}")
+        lif = self.lifs[_key(node.name)]
+        input_map = lif.map if lif.map is not None else self.convs[_key(node.inputs[0])].map
+        return self._lif(lif, x, codes, input_map)
+
+    def _lif(self, lif: IntLIF, x: Tensor, codes: Tensor, input_map: FixedPointMap) -> tuple[Tensor, Tensor]:
+        return lif(x, codes, input_map)
+
+    def add(self, node: Node, *xs: Tensor) -> Tensor:
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
         return total
 
-    def step(self, window: np.ndarray | Tensor, state: State | None = None, t_start: int = 0) -> tuple[
-            np.ndarray, State]:
-        """Detect in one window; returns ``(detections, state)``.
+    def upsample_add(self, node: Node, fine: Tensor, coarse: Tensor) -> Tensor:
+        return fine + _upsample_nearest(coarse, fine.shape[-2:])
 
-        ``window`` is either the window's events (``data.events.EVENT_DTYPE``, sensor = model input, window
-        ``[t_start, t_start + Δ)``): label-dtype boxes come back; or its ``[T, 2, H, W]`` histogram: ``[n, 6]``
-        rows ``x1, y1, x2, y2, score, class`` in input pixels.
-        """
-        detector = StreamingDetector(self)
-        if isinstance(window, np.ndarray) and window.dtype.names is not None:
-            return detector.step(window, t_start, state)
-        return detector.detect(window, state)
+    def rate(self, node: Node, spikes: Tensor) -> Tensor:
+        return spikes.mean(0)  # spike count / T, [B, C, h, w] float32, as the trained model
 
-    def _state_shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
-        """``{lif name: (C, h, w)}`` for a padded input of ``height`` × ``width``."""
-        shapes: dict[str, tuple[int, int, int]] = {}
-        g = self.graph
+    def detect(self, node: Node, *rates: Tensor) -> Tensor:
+        return self.head(list(rates))[0]
 
-        def conv(name: str, size: tuple[int, int]) -> tuple[int, int]:
-            return self.convs[_key(name)].output_size(*size)
 
-        def lif(name: str, size: tuple[int, int]) -> None:
-            shapes[name] = (self.lifs[_key(name)].channels, *size)
+class KernelOps(ReferenceOps):
+    """The same integers as :class:`ReferenceOps`, fast: compiled LIF and requantization kernels, the event-driven
+    first conv on sparse histograms, the in-place FPN upsample-add and the fused Detect head."""
 
-        size = conv(g["stem"]["conv"], (height, width))
-        lif(g["stem"]["lif"], size)
-        size = conv(g["stem"]["conv2"], size)
-        level_sizes = []
-        for blocks in g["stages"]:
-            for b in blocks:
-                lif(b["lif1"], size)
-                size = conv(b["conv1"], size)
-                lif(b["lif2"], size)
-            level_sizes.append(size)
-        for names in (g["neck"]["inputs"], g["neck"]["outputs"]):
-            for name, level_size in zip(names, level_sizes, strict=True):
-                lif(name, level_size)
-        return shapes
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self.fused_head = runtime.fused_head
+        self.events = runtime.graph.nodes[0].name  # the input node: the event histogram
+
+    def conv(self, node: Node, x: Tensor) -> Tensor:
+        conv = self.convs[_key(node.name)]
+        flat = x.flatten(0, 1)
+        if node.inputs[0] == self.events and conv.square and _nonzero(flat) <= SPARSE_INPUT * flat.numel():
+            acc = conv.sparse(flat)  # the same integers for far less work
+        else:
+            acc = conv(flat.to(torch.float32))
+        return self._output(node, conv, acc).unflatten(0, x.shape[:2])
+
+    def _output(self, node: Node, conv: IntConv, acc: Tensor) -> Tensor:
+        if node.attrs["output"] == "theta":
+            return acc
+        out = torch.empty(acc.shape, dtype=torch.int64)
+        _map_kernel(acc.flatten(2).numpy(), *conv.map.arrays(), out.flatten(2).numpy())
+        return out
+
+    def _lif(self, lif: IntLIF, x: Tensor, codes: Tensor, input_map: FixedPointMap) -> tuple[Tensor, Tensor]:
+        return lif.fused(x, codes, input_map)
+
+    def upsample_add(self, node: Node, fine: Tensor, coarse: Tensor) -> Tensor:
+        return _add_upsampled(fine, coarse)
+
+    def detect(self, node: Node, *rates: Tensor) -> Tensor:
+        return self.fused_head(list(rates)) if self.fused_head is not None else super().detect(node, *rates)
 
 
 def _nonzero(x: Tensor) -> int:

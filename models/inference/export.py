@@ -8,22 +8,26 @@ The integer arithmetic (``F`` = :data:`FRAC_BITS` fractional bits; ``Q(F)`` mean
   fixed-point affine map ``(M, s, R)``: ``Y = (acc·M + R) >> s`` with ``M`` normalised to 31 bits, which is
   ``round((a·acc + b)·2^F)`` for the float ``a, b`` of fake-quant + BN (half a unit of ``2^-F`` off at most, plus
   the 2^-31 relative rounding of ``M``; int64 intermediates are bounded from the weights, so never overflow).
-* Currents read by more than one layer (the membrane-shortcut residual stream, the FPN sums) stay in real units
-  ``Q(F)``; they add as plain integers, and each LIF that reads them rescales by its own ``1/θ`` map ``(M, s, R)``.
+* Every other current (the membrane-shortcut residual stream, the FPN sums, a conv read by more than one layer)
+  stays in real units ``Q(F)``; currents add as plain integers, and each LIF that reads one rescales by its own
+  ``1/θ`` map ``(M, s, R)``.
 * The LIF runs in θ units ``Q(F)``: ``u = C + (m << leak_shift)`` (λ·step is a power of two: a shift),
   spike ``u > 2^F``, reset, then ``m = (clamp(u, lb, ub) + half) >> step_shift`` — round half up, as the float model.
 
 The ``.spq`` file is the safetensors layout (8-byte little-endian header length, a JSON header, raw little-endian
 tensor bytes), written without the safetensors package and loadable by it. The header's ``__metadata__`` holds
-``format``, ``version``, ``spquant`` (JSON: detector config with class names, graph, per-layer shapes and
-constants) and ``sha256`` over the rest of the header and the data, so a corrupt file is refused. Conv weights are
-stored packed at their bit width (two's complement, little-endian bit order). The ultralytics Detect head runs in
-float32: its BN and bias tensors are stored as float32; its conv weights too when ``head_bits`` is 32, else (a
-fake-quantized head) as packed codes at ``head_bits`` plus a float32 scale per output channel (``head_weights`` in the
-description lists them), from which the loader rebuilds the fake-quantized weights ``codes × scale`` without
-re-quantizing them (the forward's ``w + (codes × scale − w)``, bit for bit, but for an ulp on some ternary weights).
+``format``, ``version``, ``spquant`` (JSON: the detector config with class names, and the layer graph of
+:mod:`models.networks.graph` whose nodes carry their integer attributes: conv geometry, bits and output units, LIF
+grid and shifts, the head's strides and packed weights) and ``sha256`` over the rest of the header and the data, so
+a corrupt file is refused. Conv weights are stored packed at their bit width (two's complement, little-endian bit
+order). The ultralytics Detect head runs in float32: its BN and bias tensors are stored as float32; its conv weights
+too when ``head_bits`` is 32, else (a fake-quantized head) as packed codes at ``head_bits`` plus a float32 scale per
+output channel (the ``detect`` node's ``head_weights`` lists them), from which the loader rebuilds the
+fake-quantized weights ``codes × scale`` without re-quantizing them (the forward's ``w + (codes × scale − w)``, bit
+for bit, but for an ulp on some ternary weights).
 
-Versions: 2 stores a fake-quantized head packed; version 1 stored it as raw float32 weights. A reader takes its own
+Versions: 3 stores the layer graph; 2 stored hand-written per-layer tables and a fixed block layout, with a
+fake-quantized head packed; version 1 stored that head as raw float32 weights. A reader takes its own
 version only and refuses any other with a hint to re-export (the checkpoint is the source of truth).
 """
 
@@ -42,13 +46,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.blocks import ConvBN
-from models.detector import SpikingYOLO
-from models.neuron import IntegerLIF
-from models.quant import QuantConv2d, weight_codes
+from models.networks.blocks import ConvBN
+from models.networks.detector import SpikingYOLO
+from models.networks.graph import Graph, Node, conv_spec
+from models.networks.neuron import IntegerLIF
+from models.networks.quant import QuantConv2d, weight_codes
 
 FORMAT = "spquant-integer"
-VERSION = 2  # 2: a fake-quantized Detect head as packed codes and scales (1: float32)
+VERSION = 3  # 3: the layer graph with per-node attributes; 2: packed fake-quantized head; 1: float32 head
 FRAC_BITS = 24  # fixed-point fraction of currents and membranes
 MULT_BITS = 31  # multipliers are normalised to [2^30, 2^31)
 _FLOAT_EXACT = 2**24  # integers below this are exact in float32, so a float32 conv of integers is integer arithmetic
@@ -145,55 +150,80 @@ def _power_of_two_exponent(value: float, what: str) -> int:
 
 
 class _Folder:
-    """Walks a :class:`SpikingYOLO`, folding each layer and tracking value bounds (so int64 never overflows)."""
+    """Folds the nodes of a :class:`SpikingYOLO`'s graph in order, tracking value bounds (so int64 never overflows).
 
-    def __init__(self) -> None:
-        self.convs: dict[str, dict[str, Any]] = {}
-        self.lifs: dict[str, dict[str, Any]] = {}
+    ``attrs`` collects each node's exported description, ``tensors`` its constants; ``bounds`` holds, per node, the
+    bound of ``|value|`` per channel (real units for currents, 1 for spikes, the cutoff for the input).
+    """
+
+    def __init__(self, graph: Graph, cutoff: int) -> None:
+        self.graph = graph
+        self.attrs: dict[str, dict[str, Any]] = {}
         self.tensors: dict[str, np.ndarray] = {}
+        self.bounds: dict[str, Any] = {graph.nodes[0].name: float(cutoff)}
 
-    def conv(self, name: str, conv_bn: ConvBN, in_max: float, theta: np.ndarray | None = None) -> np.ndarray:
-        """Fold a ConvBN reading integers in ``[0, in_max]``; output in θ units of a LIF (``theta``) or real units.
-
-        Returns the bound of ``|output|`` per channel in real (or θ) units.
-        """
-        codes, a, b, bits = _bn_affine(conv_bn)
+    def conv(self, node: Node) -> None:
+        """A ConvBN reading integers in ``[0, bound of its input]``. Where one LIF alone reads it, that LIF's
+        ``1/θ`` folds into the map (output in θ units); otherwise the output is a real-valued current."""
+        readers = self.graph.readers(node.name)
+        theta = _theta(readers[0].module) if len(readers) == 1 and readers[0].kind == "lif" else None
+        in_max = float(np.max(self.bounds[node.inputs[0]]))
+        codes, a, b, bits = _bn_affine(node.module)
         if theta is not None:
             a, b = a / theta, b / theta
         acc_bound = np.abs(codes.astype(np.int64)).reshape(len(codes), -1).sum(1) * in_max  # [Cout]
         if acc_bound.max(initial=0) >= _FLOAT_EXACT:
-            raise ExportFormatError(f"{name}: accumulator bound {acc_bound.max()} exceeds 2^24")
+            raise ExportFormatError(f"{node.name}: accumulator bound {acc_bound.max()} exceeds 2^24")
         one = 2.0**FRAC_BITS
-        self.tensors.update({f"{name}.{k}": v for k, v in fixed_point(a * one, b * one, acc_bound, name).items()})
-        self.tensors[f"{name}.weight"] = pack_codes(codes, bits)
-        conv = conv_bn.conv
-        self.convs[name] = {
-            "in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel": list(conv.kernel_size),
-            "stride": list(conv.stride), "padding": list(conv.padding), "bits": bits,
-            "output": "real" if theta is None else "theta",
-        }
-        return np.abs(a) * acc_bound + np.abs(b)
+        maps = fixed_point(a * one, b * one, acc_bound, node.name)
+        self.tensors.update({f"{node.name}.{k}": v for k, v in maps.items()})
+        self.tensors[f"{node.name}.weight"] = pack_codes(codes, bits)
+        self.attrs[node.name] = {**conv_spec(node), "output": "real" if theta is None else "theta"}
+        self.bounds[node.name] = np.abs(a) * acc_bound + np.abs(b)
 
-    def lif(self, name: str, lif: IntegerLIF, stream_bound: np.ndarray | None = None) -> None:
-        """Record a LIF; one reading a shared real-valued current (``stream_bound`` given) gets its ``1/θ`` map."""
+    def lif(self, node: Node) -> None:
+        """A LIF fed by a θ-folded conv reads that conv's map; one reading a shared real-valued current (a residual
+        stream, an FPN sum) gets its own ``1/θ`` map."""
+        lif, source = node.module, self.graph[node.inputs[0]]
         cfg = lif.config
         if not cfg.quantize_membrane:
             raise ExportFormatError("integer export needs quantized membranes (the spquant variant)")
         grid = lif.grid
         step_exp = _power_of_two_exponent(grid.step, "the membrane step")
+        folded = source.kind == "conv" and self.attrs[source.name]["output"] == "theta"
         entry: dict[str, Any] = {
-            "channels": lif.channels, "input": "conv" if stream_bound is None else "stream", "reset": cfg.reset,
+            "channels": lif.channels, "input": "conv" if folded else "stream", "reset": cfg.reset,
             "code_min": grid.code_min, "code_max": grid.code_max, "step_shift": FRAC_BITS - step_exp,
             "leak_shift": None if cfg.leak == 0 else FRAC_BITS - step_exp - _power_of_two_exponent(cfg.leak, "λ"),
         }
         if entry["step_shift"] < 1 or (entry["leak_shift"] is not None and entry["leak_shift"] < 0):
-            raise ExportFormatError(f"{name}: membrane step or leak too fine for {FRAC_BITS} fractional bits")
-        if stream_bound is not None:
+            raise ExportFormatError(f"{node.name}: membrane step or leak too fine for {FRAC_BITS} fractional bits")
+        if not folded:
             theta = _theta(lif)
-            bound = np.broadcast_to(stream_bound, theta.shape) * 2.0**FRAC_BITS + 1
-            maps = fixed_point(1 / theta, np.zeros_like(theta), bound, name)
-            self.tensors.update({f"{name}.{k}": v for k, v in maps.items()})
-        self.lifs[name] = entry
+            bound = np.broadcast_to(self.bounds[source.name], theta.shape) * 2.0**FRAC_BITS + 1
+            maps = fixed_point(1 / theta, np.zeros_like(theta), bound, node.name)
+            self.tensors.update({f"{node.name}.{k}": v for k, v in maps.items()})
+        self.attrs[node.name] = entry
+        self.bounds[node.name] = 1.0  # spikes
+
+    def add(self, node: Node) -> None:
+        """Integer currents add exactly; the bounds add."""
+        self.bounds[node.name] = sum(self.bounds[name] for name in node.inputs)
+
+    def upsample_add(self, node: Node) -> None:
+        """A nearest upsample keeps the bound."""
+        self.add(node)
+
+    def rate(self, node: Node) -> None:
+        """Firing rates are float in [0, 1]: nothing to fold."""
+        self.bounds[node.name] = 1.0
+
+    def detect(self, node: Node) -> None:
+        """The Detect head's ``head_weights`` description and ``head.*`` tensors (see :func:`_head`)."""
+        head_weights, head_tensors = _head(node.module)
+        self.tensors.update(head_tensors)
+        self.attrs[node.name] = {"strides": [int(s) for s in node.module.stride.tolist()],
+                                 "head_weights": head_weights}
 
 
 def _head(head: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -216,57 +246,22 @@ def _head(head: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def fold(model: SpikingYOLO) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The exported description (JSON-able) and tensors of ``model``; shapes come from the modules themselves."""
+    """The exported description (JSON-able) and tensors of ``model``: its layer graph, node by node, with every
+    node's integer attributes; shapes come from the modules themselves."""
     cfg = model.config
     if not cfg.quantized:
         raise ExportFormatError(f"integer export needs a quantized (spquant) model, got variant {cfg.variant!r}")
     model = model.eval()
-    f = _Folder()
-    bb = model.backbone
+    folder = _Folder(model.graph, cfg.cutoff)
     with torch.no_grad():
-        f.conv("backbone.stem1.conv_bn", bb.stem1.conv_bn, cfg.cutoff, _theta(bb.stem1.lif))
-        f.lif("backbone.stem1.lif", bb.stem1.lif)
-        bound = f.conv("backbone.stem2", bb.stem2, 1)
-        stages = []
-        for i, stage in enumerate(bb.stages):
-            blocks = []
-            for j, block in enumerate(stage):
-                p = f"backbone.stages.{i}.{j}"
-                f.lif(f"{p}.lif1", block.lif1, bound)
-                f.conv(f"{p}.conv1", block.conv1, 1, _theta(block.lif2))
-                f.lif(f"{p}.lif2", block.lif2)
-                out = f.conv(f"{p}.conv2", block.conv2, 1)
-                shortcut = None if block.shortcut is None else f"{p}.shortcut"
-                bound = out + (bound if block.shortcut is None else f.conv(f"{p}.shortcut", block.shortcut, 1))
-                blocks.append({"lif1": f"{p}.lif1", "conv1": f"{p}.conv1", "lif2": f"{p}.lif2", "conv2": f"{p}.conv2",
-                               "shortcut": shortcut})
-            stages.append(blocks)
-            f.lif(f"neck.inputs.{i}", model.neck.inputs[i], bound)
-        merged = [f.conv(f"neck.lateral.{i}", conv, 1) for i, conv in enumerate(model.neck.lateral)]
-        for i in reversed(range(len(merged) - 1)):
-            merged[i] = merged[i] + merged[i + 1]  # top-down sum (a nearest upsample keeps the bound)
-        for i, lif in enumerate(model.neck.outputs):
-            f.lif(f"neck.outputs.{i}", lif, merged[i])
-        head = model.head
-        head_weights, head_tensors = _head(head)
-        f.tensors.update(head_tensors)
-    levels = len(model.neck.lateral)
+        for node in model.graph.nodes[1:]:
+            getattr(folder, node.kind)(node)
     meta = {
         "detector": {**cfg.to_dict(), "class_names": list(cfg.class_names)},
         "frac_bits": FRAC_BITS,
-        "convs": f.convs,
-        "lifs": f.lifs,
-        "head_weights": head_weights,
-        "graph": {
-            "stem": {"conv": "backbone.stem1.conv_bn", "lif": "backbone.stem1.lif", "conv2": "backbone.stem2"},
-            "stages": stages,
-            "neck": {"inputs": [f"neck.inputs.{i}" for i in range(levels)],
-                     "lateral": [f"neck.lateral.{i}" for i in range(levels)],
-                     "outputs": [f"neck.outputs.{i}" for i in range(levels)]},
-            "head": {"strides": [int(s) for s in head.stride.tolist()]},
-        },
+        "graph": model.graph.with_attrs(folder.attrs).describe(),
     }
-    return meta, f.tensors
+    return meta, folder.tensors
 
 
 def export_model(model: SpikingYOLO, path: str | os.PathLike[str]) -> Path:

@@ -18,11 +18,12 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from models.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
-from models.frozen_config import FrozenConfig, check
-from models.neuron import IntegerLIF, NeuronConfig
-from models.quant import FULL_PRECISION_BITS, QuantConfig, QuantConv2d
-from models.ultralytics_parts import Conv, Detect, DWConv
+from models.networks.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
+from models.networks.frozen_config import FrozenConfig, check
+from models.networks.graph import Graph, GraphError, ModuleOps, Node
+from models.networks.head import detect_head
+from models.networks.neuron import IntegerLIF, NeuronConfig
+from models.networks.quant import FULL_PRECISION_BITS, QuantConfig
 
 ARCHITECTURE = Path(__file__).resolve().parent / "cfg" / "spiking_yolo.yaml"
 VARIANTS = ("spquant", "baseline")
@@ -148,55 +149,8 @@ def default_widths(scale: str, num_classes: int, reg_max: int) -> dict[str, int]
     return widths
 
 
-def _residual_block(in_channels: int, mid_channels: int, out_channels: int, stride: int, neuron: NeuronConfig,
-                    quant: QuantConfig) -> MSResidualBlock:
-    """An MS residual block whose inner width (conv1 → lif2 → conv2) may be narrower than its output (pruned)."""
-    block = MSResidualBlock(in_channels, out_channels, stride, neuron, quant)
-    if mid_channels != out_channels:
-        block.conv1 = ConvBN(in_channels, mid_channels, 3, stride, quant)
-        block.lif2 = IntegerLIF(neuron, channels=mid_channels)
-        block.conv2 = ConvBN(mid_channels, out_channels, 3, 1, quant)
-    return block
-
-
-def _detect_head(config: DetectorConfig, in_channels: int) -> Detect:
-    """ultralytics' Detect head over three levels of ``in_channels``, with the hidden widths of ``config``."""
-    widths, nc, reg_max = config.widths(), len(config.class_names), config.reg_max
-    head = Detect(nc=nc, reg_max=reg_max, ch=(in_channels,) * len(STRIDES))
-    for k in range(len(STRIDES)):
-        box0, box1, cls0, cls1 = (widths[f"head{k}.{name}"] for name in ("box.0", "box.1", "cls.0", "cls.1"))
-        if (box0, box1) != (head.cv2[k][0].conv.out_channels, head.cv2[k][1].conv.out_channels):
-            head.cv2[k] = nn.Sequential(
-                Conv(in_channels, box0, 3), Conv(box0, box1, 3), nn.Conv2d(box1, 4 * reg_max, 1)
-            )
-        if (cls0, cls1) != (head.cv3[k][0][1].conv.out_channels, head.cv3[k][1][1].conv.out_channels):
-            # the same layout as Detect's (non-legacy) class branch: depthwise 3×3 then pointwise, twice
-            head.cv3[k] = nn.Sequential(
-                nn.Sequential(DWConv(in_channels, in_channels, 3), Conv(in_channels, cls0, 1)),
-                nn.Sequential(DWConv(cls0, cls0, 3), Conv(cls0, cls1, 1)),
-                nn.Conv2d(cls1, nc, 1),
-            )
-    if not config.head_quant().full_precision:
-        _quantize_convs(head.cv2, config.head_quant())
-        _quantize_convs(head.cv3, config.head_quant())
-    return head
-
-
-def _quantize_convs(module: nn.Module, quant: QuantConfig) -> None:
-    """Replace every plain ``nn.Conv2d`` below ``module`` by a fake-quantized one (same shape, weights and keys)."""
-    for name, child in module.named_children():
-        if type(child) is nn.Conv2d:
-            conv = QuantConv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                               padding=child.padding, dilation=child.dilation, groups=child.groups,
-                               bias=child.bias is not None, quant=quant)
-            conv.load_state_dict(child.state_dict())
-            setattr(module, name, conv)
-        else:
-            _quantize_convs(child, quant)
-
-
 class SpikingBackbone(nn.Module):
-    """Strided spiking conv, strided conv, then three strided MS-residual stages; returns the P3/P4/P5 currents."""
+    """Strided spiking conv, strided conv, then three strided MS-residual stages (P3/P4/P5 currents)."""
 
     def __init__(self, config: DetectorConfig) -> None:
         super().__init__()
@@ -211,25 +165,33 @@ class SpikingBackbone(nn.Module):
         for i in range(len(arch["stages"])):
             out_ch = widths[f"stage{i}"]
             blocks = [
-                _residual_block(in_ch if j == 0 else out_ch, widths[f"stage{i}.{j}"], out_ch, 2 if j == 0 else 1,
-                                neuron, config.quant())
+                MSResidualBlock(in_ch if j == 0 else out_ch, out_ch, 2 if j == 0 else 1, neuron, config.quant(),
+                                mid_channels=widths[f"stage{i}.{j}"])
                 for j in range(depth)
             ]
             self.stages.append(nn.ModuleList(blocks))
             in_ch = out_ch
         self.out_channels = tuple(widths[f"stage{i}"] for i in range(len(arch["stages"])))
 
-    def forward(self, x: Tensor, state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
-        new: dict[str, Any] = {}
-        s, new["stem1"] = self.stem1(x, state.get("stem1"))  # [T, B, C1, H/2, W/2] spikes
-        y = self.stem2(s)  # [T, B, C2, H/4, W/4] currents
-        outputs = []
+    def nodes(self, prefix: str, source: str) -> tuple[list[Node], list[str]]:
+        """The backbone's nodes reading the histogram ``source``, and the names of its P3/P4/P5 outputs.
+
+        Channel groups: ``stem1``, ``stem2`` (the current stream into stage 0), ``stage{i}`` (the stream a stage's
+        projecting block starts; its identity blocks add to it) and ``stage{i}.{j}`` (block j's inner width).
+        """
+        stem1, stem2 = f"{prefix}stem1", f"{prefix}stem2"
+        nodes = [Node(f"{stem1}.conv_bn", "conv", (source,), "stem1", module=self.stem1.conv_bn),
+                 Node(f"{stem1}.lif", "lif", (f"{stem1}.conv_bn",), module=self.stem1.lif),
+                 Node(stem2, "conv", (f"{stem1}.lif",), "stem2", module=self.stem2)]
+        current, group, outputs = stem2, "stem2", []
         for i, stage in enumerate(self.stages):
             for j, block in enumerate(stage):
-                key = f"stage{i}.{j}"
-                y, new[key] = block(y, state.get(key))  # currents [T, B, C, H/2^(i+3), W/2^(i+3)]
-            outputs.append(y)
-        return outputs, new
+                if block.shortcut is not None:
+                    group = f"stage{i}"
+                nodes += block.nodes(f"{prefix}stages.{i}.{j}.", current, f"stage{i}.{j}", group)
+                current = nodes[-1].name
+            outputs.append(current)
+        return nodes, outputs
 
 
 class SpikingFPN(nn.Module):
@@ -242,30 +204,32 @@ class SpikingFPN(nn.Module):
         self.lateral = nn.ModuleList(ConvBN(c, width, 1, 1, config.quant()) for c in in_channels)
         self.outputs = nn.ModuleList(IntegerLIF(neuron, channels=width) for _ in in_channels)
 
-    def forward(self, features: list[Tensor], state: dict[str, Any]) -> tuple[list[Tensor], dict[str, Any]]:
-        new: dict[str, Any] = {}
-        lateral = []
-        for i, (lif, conv) in enumerate(zip(self.inputs, self.lateral, strict=True)):
-            spikes, new[f"in{i}"] = lif(features[i], state.get(f"in{i}"))
-            lateral.append(conv(spikes))  # [T, B, width, h_i, w_i]
+    def nodes(self, prefix: str, features: list[str]) -> tuple[list[Node], list[str]]:
+        """The FPN's nodes reading the backbone currents ``features`` (fine to coarse), and its spike outputs.
+
+        Every level is in the channel group ``neck``: the top-down sums tie them.
+        """
+        nodes, lateral = [], []
+        for i, (lif, conv, feature) in enumerate(zip(self.inputs, self.lateral, features, strict=True)):
+            nodes += [Node(f"{prefix}inputs.{i}", "lif", (feature,), module=lif),
+                      Node(f"{prefix}lateral.{i}", "conv", (f"{prefix}inputs.{i}",), "neck", module=conv)]
+            lateral.append(f"{prefix}lateral.{i}")
         merged = [lateral[-1]]
-        for current in reversed(lateral[:-1]):
-            up = merged[0].flatten(0, 1)
-            up = nn.functional.interpolate(up, size=current.shape[-2:], mode="nearest").unflatten(0, current.shape[:2])
-            merged.insert(0, current + up)
-        outputs = []
+        for i in reversed(range(len(lateral) - 1)):
+            nodes.append(Node(f"{prefix}merge.{i}", "upsample_add", (lateral[i], merged[0])))
+            merged.insert(0, f"{prefix}merge.{i}")
         for i, (lif, current) in enumerate(zip(self.outputs, merged, strict=True)):
-            spikes, new[f"out{i}"] = lif(current, state.get(f"out{i}"))
-            outputs.append(spikes)  # [T, B, width, h_i, w_i] spikes
-        return outputs, new
+            nodes.append(Node(f"{prefix}outputs.{i}", "lif", (current,), module=lif))
+        return nodes, [f"{prefix}outputs.{i}" for i in range(len(merged))]
 
 
 class SpikingYOLO(nn.Module):
     """Stateful spiking detector: ``forward(x, state) -> (head_output, state)``.
 
     ``x`` is ``[T, B, 2, H, W]`` (counts; uint8 is accepted); ``state`` is None (fresh) or the dict returned by the
-    previous call. In training the head output is ultralytics' dict (``boxes``, ``scores``, ``feats``) for the loss;
-    in eval mode it is ``(B, 4 + nc, anchors)``: xywh in input pixels and class scores.
+    previous call, ``{LIF node name: membrane [B, C, h, w]}``. In training the head output is ultralytics' dict
+    (``boxes``, ``scores``, ``feats``) for the loss; in eval mode it is ``(B, 4 + nc, anchors)``: xywh in input
+    pixels and class scores. The network is one layer graph (:attr:`graph`), run node by node.
     """
 
     def __init__(self, config: DetectorConfig) -> None:
@@ -274,27 +238,28 @@ class SpikingYOLO(nn.Module):
         self.backbone = SpikingBackbone(config)
         neck_width = config.widths()["neck"]
         self.neck = SpikingFPN(self.backbone.out_channels, neck_width, config)
-        self.head = _detect_head(config, neck_width)
+        self.head = detect_head(neck_width, len(STRIDES), config.class_names, config.reg_max, config.widths(),
+                                config.head_quant())
         self.head.stride = torch.tensor(STRIDES, dtype=torch.float32)
         self.head.bias_init()
+        backbone, features = self.backbone.nodes("backbone.", "x")
+        neck, levels = self.neck.nodes("neck.", features)
+        rates = [Node(f"neck.rate.{i}", "rate", (level,)) for i, level in enumerate(levels)]
+        self.graph = Graph([Node("x", "input"), *backbone, *neck, *rates,
+                            Node("head", "detect", tuple(r.name for r in rates), attrs={"strides": list(STRIDES)},
+                                 module=self.head)])
 
-    def forward_features(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[list[Tensor], dict[str, Any]]:
-        """Backbone and neck over the window: per-level firing rates ``[B, C, h, w]`` and the new state."""
+    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if x.dim() != 5 or x.shape[2] != 2:
             raise ValueError(f"expected input [T, B, 2, H, W], got {tuple(x.shape)}")
         if x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
-        state = state or {}
-        x = x.to(self.head.stride.dtype) if not x.is_floating_point() else x
-        features, backbone_state = self.backbone(x, state.get("backbone", {}))
-        levels, neck_state = self.neck(features, state.get("neck", {}))
-        rates = [spikes.float().mean(0) for spikes in levels]  # time-averaged spikes: [B, C, h, w]
-        return rates, {"backbone": backbone_state, "neck": neck_state}
-
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        rates, state = self.forward_features(x, state)
-        out = self.head(rates)
-        return (out if self.training else out[0]), state
+        if not x.is_floating_point():  # event counts, in the dtype of the first layer
+            x = x.to(self.backbone.stem1.conv_bn.conv.weight.dtype)
+        try:
+            return self.graph.run(ModuleOps(), x, state)
+        except GraphError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 def build_detector(config: DetectorConfig | dict[str, Any]) -> SpikingYOLO:
