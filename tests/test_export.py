@@ -1,6 +1,7 @@
 """Integer export: weight packing, fixed-point scales, the .spq file (round trip, checksum, versions), the CLI."""
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import struct
@@ -85,7 +86,9 @@ def test_round_trip_keeps_config_graph_and_tensors(exported):
     assert tensors["backbone.stem1.conv_bn.weight"].size == stem.numel()
     conv1 = model.backbone.stages[0][0].conv1.conv.weight
     assert tensors["backbone.stages.0.0.conv1.weight"].size == conv1.numel() // 2
-    assert meta["convs"]["backbone.stages.0.0.conv1"]["bits"] == 4
+    nodes = {node["name"]: node for node in meta["graph"]}
+    assert nodes["backbone.stages.0.0.conv1"]["attrs"]["bits"] == 4
+    assert [n["name"] for n in meta["graph"]] == [n.name for n in model.graph]  # the model's graph, node by node
 
 
 def test_a_fake_quantized_head_is_stored_as_packed_codes_and_scales(tmp_path):
@@ -94,11 +97,13 @@ def test_a_fake_quantized_head_is_stored_as_packed_codes_and_scales(tmp_path):
     assert bits == 4
     meta, tensors = fold(model)
     convs = {f"{n}.weight": m for n, m in model.head.named_modules() if isinstance(m, QuantConv2d)}
-    assert convs and set(meta["head_weights"]) == set(convs)
+    (head,) = [node for node in meta["graph"] if node["kind"] == "detect"]
+    head_weights = head["attrs"]["head_weights"]
+    assert convs and set(head_weights) == set(convs)
     saved = 0  # bytes below float32 weights
     for key, conv in convs.items():
         n, channels = conv.weight.numel(), conv.weight.shape[0]
-        assert meta["head_weights"][key] == {"shape": list(conv.weight.shape), "bits": bits}
+        assert head_weights[key] == {"shape": list(conv.weight.shape), "bits": bits}
         packed, scale = tensors[f"head.{key}"], tensors[f"head.{key.removesuffix('.weight')}.scale"]
         assert packed.dtype == np.uint8 and packed.size == -(-n * bits // 8)
         assert scale.dtype == np.float32 and scale.shape == (channels,)
@@ -154,6 +159,34 @@ def test_corrupt_truncated_foreign_and_future_files_are_refused(exported, tmp_pa
 
     with pytest.raises(ExportFormatError, match=f"version 1; this spquant reads version {VERSION} .*re-export"):
         Runtime.load(_rewrite_header(exported, tmp_path / "old.spq", old))
+
+    def before_the_graph(header):
+        header["__metadata__"]["version"] = "2"  # version 2 had per-layer tables instead of the layer graph
+
+    with pytest.raises(ExportFormatError, match=f"version 2; this spquant reads version {VERSION} .*re-export"):
+        Runtime.load(_rewrite_header(exported, tmp_path / "v2.spq", before_the_graph))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda graph: graph[3].update(kind="mask"), "unknown kind 'mask'"),
+    (lambda graph: graph[3].update(inputs=["nowhere"]), r"reads \['nowhere'\]"),
+    (lambda graph: graph.pop(1), "not defined before it"),
+    (lambda graph: graph[1]["attrs"].pop("output"), "KeyError"),
+])
+def test_a_malformed_graph_is_refused_with_the_node_named(exported, tmp_path, change, message):
+    data = exported.read_bytes()[8 + struct.unpack("<Q", exported.read_bytes()[:8])[0]:]
+
+    def edit(header):
+        metadata = header["__metadata__"]
+        meta = json.loads(metadata["spquant"])
+        change(meta["graph"])
+        metadata["spquant"] = json.dumps(meta)
+        del metadata["sha256"]  # re-signed, so that the graph check (not the checksum) refuses the file
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        metadata["sha256"] = hashlib.sha256(canonical + data).hexdigest()
+
+    with pytest.raises(ExportFormatError, match=f"inconsistent integer model .*{message}"):
+        Runtime.load(_rewrite_header(exported, tmp_path / "bad.spq", edit))
 
     def foreign(header):
         header["__metadata__"]["format"] = "something-else"

@@ -96,7 +96,7 @@ def test_membrane_hooks_observe_every_step_and_are_removed() -> None:
     x = torch.randn(4, 2, 3, 5, 5) * 2
     spikes, state = neuron(x)
     with membrane_hooks([(neuron, lambda u, stored: seen.append((u.clone(), stored.clone())))]):
-        hooked_spikes, hooked_state = neuron(x)
+        hooked_spikes, _ = neuron(x)
     assert len(seen) == 4  # one call per time step
     assert torch.equal(seen[-1][1], state) and torch.equal(hooked_spikes, spikes)  # observed, not changed
     assert all(torch.equal((u > 1).float(), s) for (u, _), s in zip(seen, spikes, strict=True))

@@ -5,9 +5,9 @@ recording: identical states, the same boxes and classes, the same scores. Agains
 layers in float64 — the fake-quant arithmetic without float32 rounding — on a synthetic recording: every membrane
 state of every layer and window is identical, and so are the detections. (float32 itself rounds a handful of
 membranes across a level boundary per few hundred windows; the integer runtime does not; see the README for the
-measured numbers.) The runtime's fused Detect head (:mod:`models.inference.fused_head`) sums in another float32 order than the
-Detect head, so head outputs (boxes, scores) agree to float32 rounding; with ``runtime.fast = False`` (the unfused
-head) they are bit-identical.
+measured numbers.) The runtime's fused Detect head (:mod:`models.inference.fused_head`) sums in another float32
+order than the Detect head, so head outputs (boxes, scores) agree to float32 rounding; on the ``reference`` backend
+(PyTorch integer ops and the Detect head itself) they are bit-identical.
 """
 
 import dataclasses
@@ -20,9 +20,10 @@ import torch
 from app.cli import main
 from data.formats.recording import open_recording
 from data.windows import iter_windows
+from models.compress.accounting import footprint
 from models.inference.bundled import default_model_path
 from models.inference.export import ExportFormatError, export_model
-from models.inference.runtime import Runtime
+from models.inference.runtime import IntConv, Runtime
 from models.inference.stream import StreamingDetector
 from models.networks.checkpoint import load_detector
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
@@ -55,28 +56,16 @@ def synthetic_recording(tmp_path_factory):
 
 
 def float64_reference(model: SpikingYOLO) -> SpikingYOLO:
-    """The fake-quant model with backbone and neck in float64 (head unchanged: it reads float32 rates)."""
+    """The fake-quant model with backbone and neck in float64 (head unchanged: it reads float32 rates); the input
+    counts are cast to the first layer's dtype."""
     model.backbone.double()
     model.neck.double()
-    model.backbone.register_forward_pre_hook(lambda _, args: (args[0].double(), *args[1:]))
     return model
 
 
-def flat_state(state: dict) -> dict[str, torch.Tensor]:
-    """The trained model's nested state under the runtime's flat layer names (membranes are level codes)."""
-    out = {"backbone.stem1.lif": state["backbone"]["stem1"]}
-    for key, block in state["backbone"].items():
-        if key.startswith("stage"):
-            out.update({f"backbone.stages.{key[5:]}.{n}": block[n] for n in ("lif1", "lif2")})
-    for key, value in state["neck"].items():
-        kind, index = ("inputs", key[2:]) if key.startswith("in") else ("outputs", key[3:])
-        out[f"neck.{kind}.{index}"] = value
-    return out
-
-
-def assert_same_state(reference_state: dict, codes: dict[str, torch.Tensor], step: float = 1.0) -> None:
-    """The trained model's membranes (levels, θ units) equal the runtime's int8 codes × step, layer by layer."""
-    levels = flat_state(reference_state)
+def assert_same_state(levels: dict, codes: dict[str, torch.Tensor], step: float = 1.0) -> None:
+    """The trained model's membranes (levels, θ units) equal the runtime's int8 codes × step, layer by layer: both
+    states are keyed by the same LIF node names of the one layer graph."""
     assert set(levels) == set(codes)
     for name, value in codes.items():
         assert torch.equal(levels[name].double(), value.double() * step), name
@@ -193,8 +182,7 @@ def test_neuron_variants_match_exact_fake_quant(per_channel, neuron):
 def test_compiled_kernels_equal_the_pytorch_integer_ops():
     model = _calibrated(DetectorConfig(**TINY))
     _set_neurons(model, True, reset="soft", lb=-2.0)
-    fast, reference = Runtime.from_model(model), Runtime.from_model(model)
-    reference.fast = False
+    fast, reference = Runtime.from_model(model), Runtime.from_model(model, backend="reference")
     state_a = state_b = None
     with torch.no_grad():
         for seed in range(3):
@@ -214,9 +202,8 @@ def test_physically_pruned_models_export_and_match():
     widths = model.config.widths()
     keep = {name: range(0, widths[name], 2) for name in ("stem1", "stage0", "stage1.0", "neck", "head0.box.0")}
     pruned = remove_channels(model, keep).eval()
-    runtime, unfused = Runtime.from_model(pruned), Runtime.from_model(pruned)
-    unfused.fast = False
-    assert runtime.summary()["params"] < Runtime.from_model(model).summary()["params"]
+    runtime, unfused = Runtime.from_model(pruned), Runtime.from_model(pruned, backend="reference")
+    assert footprint(runtime)["params"] < footprint(Runtime.from_model(model))["params"]
     reference = float64_reference(pruned)
     state_a = state_b = state_c = None
     with torch.no_grad():
@@ -235,8 +222,7 @@ def test_physically_pruned_models_export_and_match():
 def test_a_fake_quantized_head_loads_from_its_packed_codes(head_bits, tmp_path):
     model = _calibrated(DetectorConfig(**TINY, head_bits=head_bits))
     path = export_model(model, tmp_path / "m.spq")
-    loaded, unfused, in_memory = Runtime.load(path), Runtime.load(path), Runtime.from_model(model)
-    unfused.fast = False
+    loaded, unfused, in_memory = Runtime.load(path), Runtime.load(path, backend="reference"), Runtime.from_model(model)
     reference = float64_reference(model)
     state_a = state_b = state_c = state_d = None
     with torch.no_grad():
@@ -329,11 +315,11 @@ def test_unexportable_neurons_are_refused():
 def test_state_shapes_sizes_and_validation(runtime):
     state = runtime.init_state()
     assert all(v.dtype == torch.int8 and v.shape[0] == 1 for v in state.values())
-    summary = runtime.summary()
-    assert summary["state_bytes_per_stream"] == runtime.state_nbytes() and summary["params"] > 400_000
-    assert summary["weight_bytes"] < runtime.source.stat().st_size < summary["weight_bytes"] + 65_536
-    assert runtime.state_nbytes() == state_nbytes(state) == sum(v.numel() for v in state.values())
-    assert runtime.state_nbytes(packed=True) == sum(-(-v.numel() * 2 // 8) for v in state.values())  # ternary
+    sizes = footprint(runtime)
+    assert sizes["params"] > 400_000
+    assert sizes["weight_bytes"] < runtime.source.stat().st_size < sizes["weight_bytes"] + 65_536
+    assert sizes["state_bytes_per_stream"] == state_nbytes(state) == sum(v.numel() for v in state.values())
+    assert sizes["state_bytes_per_stream_packed"] == sum(-(-v.numel() * 2 // 8) for v in state.values())  # ternary
     h, w = runtime.config.padded_size
     x = torch.zeros(runtime.config.bins, 1, 2, h, w, dtype=torch.uint8)
     _, new = runtime(x, state)
@@ -344,18 +330,20 @@ def test_state_shapes_sizes_and_validation(runtime):
         runtime(x, {"x": state["backbone.stem1.lif"]})
     with pytest.raises(ValueError, match="expected input"):
         runtime(x[..., :32, :])
+    with pytest.raises(ValueError, match="unknown runtime backend"):
+        Runtime.load(runtime.source, backend="fast")
 
 
-def test_step_takes_events_or_a_histogram(runtime):
-    recording = open_recording(SAMPLE)
-    window = list(iter_windows(recording, runtime.config.window_us))[40]
-    detector = StreamingDetector(runtime).for_sensor(recording.width, recording.height)
-    events = detector.letterbox.map_events(window.events)  # into the model's input grid
-    boxes, state = runtime.step(events, None, t_start=window.t_start)
-    rows, _ = runtime.step(detector.histogram(events, window.t_start))
-    assert len(boxes) == len(rows) > 0 and np.all(boxes["t"] == window.t_end)
-    assert np.allclose(boxes["x"], rows[:, 0]) and np.array_equal(boxes["class_id"], rows[:, 5].astype(np.uint32))
-    assert set(state) == set(runtime.init_state())
+def test_the_runtime_runs_the_exported_graph(trained, runtime):
+    """The file's graph is the trained model's graph (same nodes, edges and groups), bound to integer layers."""
+    assert [(n.name, n.kind, n.inputs, n.group) for n in runtime.graph] == \
+        [(n.name, n.kind, n.inputs, n.group) for n in trained.graph]
+    assert runtime.graph.state_names == list(runtime.init_state())
+    assert all(isinstance(n.module, IntConv) for n in runtime.graph.of_kind("conv"))
+    outputs = {n.name: n.attrs["output"] for n in runtime.graph.of_kind("conv")}
+    # θ folds into a conv that one LIF alone reads; currents that are added or read twice stay in real units
+    assert outputs["backbone.stem1.conv_bn"] == outputs["backbone.stages.0.0.conv1"] == "theta"
+    assert outputs["backbone.stages.0.0.conv2"] == outputs["neck.lateral.2"] == "real"
 
 
 def test_independent_streams_on_threads_match_sequential_runs(runtime):
@@ -387,14 +375,14 @@ def _rss_bytes() -> int:
 def test_a_thousand_concurrent_states_take_the_reported_size(trained, runtime):
     from models.compress.accounting import memory  # what `spquant report` prints
 
-    report = memory(trained)
-    assert report["state_bytes_int8"] == runtime.state_nbytes()
-    assert report["state_bytes"] == runtime.state_nbytes(packed=True)
+    report, sizes = memory(trained), footprint(runtime)
+    assert report["state_bytes_int8"] == sizes["state_bytes_per_stream"]
+    assert report["state_bytes"] == sizes["state_bytes_per_stream_packed"]
     h, w = runtime.config.padded_size
     x = torch.randint(0, 3, (runtime.config.bins, 1, 2, h, w), dtype=torch.uint8)
     with torch.inference_mode():
         _, live = runtime(x)  # a real, non-zero state, so every page is touched when copied
-    per_stream = runtime.state_nbytes()
+    per_stream = sizes["state_bytes_per_stream"]
     before = _rss_bytes()
     states = [{k: v.clone() for k, v in live.items()} for _ in range(1000)]
     grown = _rss_bytes() - before

@@ -299,6 +299,9 @@ class Runtime(nn.Module):
         try:
             self.config = DetectorConfig.from_dict(meta["detector"])
             graph = Graph.from_description(meta["graph"])
+            for node in graph.of_kind("conv"):
+                if node.attrs["output"] not in ("theta", "real"):
+                    raise ValueError(f"conv {node.name!r}: output units {node.attrs['output']!r}")
             self.convs = nn.ModuleDict({_key(n.name): IntConv(n.attrs, tensors, n.name) for n in graph.of_kind("conv")})
             self.lifs = nn.ModuleDict({_key(n.name): IntLIF(n.attrs, tensors, n.name, meta["frac_bits"])
                                        for n in graph.of_kind("lif")})
