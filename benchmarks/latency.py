@@ -92,9 +92,8 @@ def full_resolution(path: Path, **overrides: Any) -> SpikingYOLO:
 
 def yolov8n(bins: int) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]:
     """YOLOv8n over the histogram's ``T·2`` channels, Conv+BN fused; stateless."""
-    from ultralytics.nn.tasks import (
-        DetectionModel,  # after models.networks.ultralytics_parts set ultralytics' environment
-    )
+    # after models.networks.ultralytics_parts set ultralytics' environment
+    from ultralytics.nn.tasks import DetectionModel
 
     model = DetectionModel("yolov8n.yaml", ch=2 * bins, nc=2, verbose=False).eval().fuse(verbose=False)
 

@@ -1,5 +1,5 @@
-"""Forward time and state bytes of 1 M LIF neurons × T steps: ours (FP32, quantized, int8 state) vs snntorch and
-spikingjelly, in one run.
+"""Forward time and state bytes of 1 M LIF neurons × T steps: ours (FP32, quantized, and the integer runtime's int8
+neuron) vs snntorch and spikingjelly, in one run.
 
 All implementations see the same input (``rand * 2``), run under ``torch.no_grad()`` from a fresh state, and are
 timed round-robin (one call each per round, so that background load hits them alike); medians and bests over the
@@ -21,9 +21,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from models.inference.export import FRAC_BITS, fixed_point
+from models.inference.runtime import IntLIF
 from models.networks.neuron import IntegerLIF, NeuronConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "neurons.json"
@@ -33,13 +36,35 @@ FP32_BYTES = 4
 Runner = tuple[Callable[[Tensor], Tensor], Callable[[], int]]  # (run T steps from a fresh state, state bytes)
 
 
-def ours(config: NeuronConfig, int8: bool) -> Runner:
-    """Our :class:`IntegerLIF` on the float path or with int8 state."""
-    neuron = IntegerLIF(config).use_int8_state(int8)
+def ours(config: NeuronConfig) -> Runner:
+    """Our trained-model :class:`IntegerLIF` (float membrane, quantized to the level grid or not)."""
+    neuron = IntegerLIF(config)
     last: dict[str, Tensor] = {}
 
     def run(x: Tensor) -> Tensor:
         spikes, last["state"] = neuron(x)
+        return spikes
+
+    return run, lambda: last["state"].numel() * last["state"].element_size()
+
+
+def ours_int8(config: NeuronConfig, channels: int) -> Runner:
+    """The integer runtime's neuron (what serving runs): ``Q(F)`` int64 currents in, int8 level codes as state, the
+    compiled kernel; its input is the float input rounded to the runtime's fixed point (once, outside the timing:
+    in the runtime the currents come out of the conv's requantization)."""
+    one = 2.0**FRAC_BITS
+    spec = {"channels": channels, "input": "stream", "reset": config.reset, "code_min": config.grid.code_min,
+            "code_max": config.grid.code_max, "step_shift": FRAC_BITS, "leak_shift": FRAC_BITS - 1}  # λ = 0.5
+    maps = fixed_point(np.ones(channels), np.zeros(channels), np.full(channels, 4 * one), "lif")  # θ = 1
+    lif = IntLIF(spec, {f"lif.{k}": v for k, v in maps.items()}, "lif", FRAC_BITS)
+    last: dict[str, Tensor] = {}
+    currents: dict[int, Tensor] = {}
+
+    def run(x: Tensor) -> Tensor:
+        if x.data_ptr() not in currents:
+            currents[x.data_ptr()] = (x.double() * one).round().to(torch.int64)  # [T, B, C, H, W] Q(F)
+        codes = torch.zeros(x.shape[1:], dtype=torch.int8)
+        spikes, last["state"] = lif.fused(currents[x.data_ptr()], codes, lif.map)
         return spikes
 
     return run, lambda: last["state"].numel() * last["state"].element_size()
@@ -85,9 +110,9 @@ def measure(shape: tuple[int, ...], steps: int, rounds: int, warmup: int = 2) ->
     x = torch.rand(steps, *shape) * 2  # [T, B, C, H, W]
     quantized = NeuronConfig()
     impls = {
-        "ours fp32": ours(NeuronConfig(quantize_membrane=False), int8=False),
-        "ours quantized": ours(quantized, int8=False),
-        "ours int8": ours(quantized, int8=True),
+        "ours fp32": ours(NeuronConfig(quantize_membrane=False)),
+        "ours quantized": ours(quantized),
+        "ours int8": ours_int8(quantized, shape[1]),
         "snntorch Leaky": snntorch_leaky(),
         "spikingjelly LIFNode": spikingjelly_lif(),
     }
@@ -100,8 +125,9 @@ def measure(shape: tuple[int, ...], steps: int, rounds: int, warmup: int = 2) ->
                 outputs[name] = run(x)
                 if r >= warmup:
                     times[name].append((time.perf_counter() - start) * 1e3)
-    if not torch.equal(outputs["ours int8"], outputs["ours quantized"].bool()):
-        raise RuntimeError("the int8 path gave different spikes from the float path")
+    agreement = float((outputs["ours int8"] == outputs["ours quantized"]).float().mean())
+    if agreement < 0.999:  # only fixed-point rounding of the input may flip a spike at the threshold
+        raise RuntimeError(f"the integer neuron agrees with the float one on only {agreement:.4%} of the spikes")
     neurons = x[0].numel()
     rows = {}
     for name, (_, state_bytes) in impls.items():
@@ -118,7 +144,8 @@ def measure(shape: tuple[int, ...], steps: int, rounds: int, warmup: int = 2) ->
         row["time_vs_fastest_peer"] = round(row["median_ms"] / fastest_peer, 3)
         row["state_reduction_vs_fp32"] = round(fp32_state / row["state_bytes"], 2)
     rows["ours int8"]["packed_reduction_vs_fp32"] = round(fp32_state / rows["ours int8"]["state_bytes_packed"], 2)
-    return {"neurons": neurons, "steps": steps, "shape": list(shape), "rounds": rounds, "results": rows}
+    return {"neurons": neurons, "steps": steps, "shape": list(shape), "rounds": rounds,
+            "int8_spike_agreement": agreement, "results": rows}
 
 
 def main() -> None:

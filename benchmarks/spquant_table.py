@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from app.evaluator import evaluate_split
 from data.gen1 import list_recordings
-from models.compress.accounting import _active_positions, dense_reference, model_report, run_recordings, static_counts
+from models.compress.accounting import _active_positions, dense_reference, model_report, static_counts
+from models.inference.stream import run_recordings
 from models.networks.checkpoint import load_detector
 from models.networks.neuron import IntegerLIF
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from models.inference.export import ExportFormatError, fold, read_spq, unpack_codes
 from models.inference.fused_head import FusedDetect
 from models.networks.detector import DetectorConfig, SpikingYOLO
-from models.networks.graph import Graph, Node
+from models.networks.graph import Graph, ModuleOps, Node
 from models.networks.head import detect_head
 from models.networks.quant import FULL_PRECISION_BITS, QuantConfig
 
@@ -386,11 +386,7 @@ class ReferenceOps:
     def _lif(self, lif: IntLIF, x: Tensor, codes: Tensor, input_map: FixedPointMap) -> tuple[Tensor, Tensor]:
         return lif(x, codes, input_map)
 
-    def add(self, node: Node, *xs: Tensor) -> Tensor:
-        total = xs[0]
-        for x in xs[1:]:
-            total = total + x
-        return total
+    add = ModuleOps.add  # int64 currents add as float ones do
 
     def upsample_add(self, node: Node, fine: Tensor, coarse: Tensor) -> Tensor:
         return fine + _upsample_nearest(coarse, fine.shape[-2:])

@@ -130,14 +130,8 @@ class Graph:
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
-    def __len__(self) -> int:
-        return len(self.nodes)
-
     def __getitem__(self, name: str) -> Node:
         return self._by_name[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
 
     @property
     def output(self) -> Node:
