@@ -8,6 +8,10 @@ import numpy as np
 import torch
 
 from data.events import make_events
+from tests.conftest import REPO
+
+SAMPLE = REPO / "data" / "samples" / "street_td.dat"  # the bundled 3 s synthetic recording
+TINY = {"bins": 2, "input_width": 96, "input_height": 64}  # a detector config small enough for unit tests
 
 
 def random_events(

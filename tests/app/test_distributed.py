@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.torchrun
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -39,7 +42,7 @@ def test_two_cpu_processes_train_one_run(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1]
+        command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"

@@ -14,8 +14,8 @@ from app.render import Style, boxes_near, event_image
 from data.events import make_events
 from data.formats.labels import make_boxes, read_labels, write_labels
 from data.synthetic import difficulty_config, recording_seed, write_recording
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 STYLE = Style()
 
 

@@ -16,9 +16,8 @@ from models.compress.accounting import (
     weight_bytes,
 )
 from models.networks.detector import DetectorConfig, build_detector
+from tests.helpers import SAMPLE, TINY
 
-TINY = {"bins": 2, "input_width": 96, "input_height": 64}
-SAMPLE = "data/samples/street_td.dat"
 REPORT_KEYS = {"params", "weight_bytes", "state_bytes", "fp32_weight_bytes", "fp32_state_bytes", "flops_dense",
                "flops_effective", "flops_reduction", "memory_reduction", "synops", "layers", "channels"}
 

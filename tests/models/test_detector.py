@@ -7,9 +7,7 @@ from models.networks.checkpoint import CheckpointError, load_detector, read_chec
 from models.networks.detector import DetectorConfig, build_detector
 from models.networks.loss import DetectionLoss, select_images
 from models.networks.state import detach_state, reset_state, state_nbytes
-from tests.helpers import calibrated
-
-TINY = {"bins": 2, "input_width": 96, "input_height": 64}
+from tests.helpers import TINY, calibrated
 
 
 def _input(seed=0, batch=1, cfg=None):

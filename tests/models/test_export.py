@@ -30,10 +30,9 @@ from models.networks.checkpoint import CheckpointError, load_detector, save_chec
 from models.networks.detector import DetectorConfig, build_detector
 from models.networks.quant import QuantConv2d
 from tests.conftest import REPO
+from tests.helpers import SAMPLE, TINY
 
-SAMPLE = str(REPO / "data" / "samples" / "street_td.dat")
 PRUNED = REPO / "models" / "weights" / "spquant-n-pruned.pt"  # a 4-bit Detect head
-TINY = {"bins": 2, "input_width": 96, "input_height": 64}
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +244,7 @@ def test_cli_export_then_predict_and_eval_with_the_exported_model(tmp_path, caps
     dets = {}
     for name, model in (("pt", str(default_model_path())), ("spq", str(out))):
         target = tmp_path / f"{name}.npy"
-        assert main(["predict", SAMPLE, "--model", model, "--out", str(target)]) == 0
+        assert main(["predict", str(SAMPLE), "--model", model, "--out", str(target)]) == 0
         dets[name] = np.load(target)
     assert len(dets["pt"]) > 0
     for field in ("t", "class_id"):
@@ -254,7 +253,7 @@ def test_cli_export_then_predict_and_eval_with_the_exported_model(tmp_path, caps
         assert np.allclose(dets["pt"][field], dets["spq"][field], rtol=0, atol=1e-3), field
     assert np.abs(dets["pt"]["class_confidence"] - dets["spq"]["class_confidence"]).max() <= 1e-6
     (tmp_path / "bad.spq").write_bytes(out.read_bytes()[:-10])
-    assert main(["predict", SAMPLE, "--model", str(tmp_path / "bad.spq"), "--out",
+    assert main(["predict", str(SAMPLE), "--model", str(tmp_path / "bad.spq"), "--out",
                  str(tmp_path / "x.npy")]) == 2
     assert "checksum" in capsys.readouterr().err
 

@@ -24,10 +24,7 @@ from models.networks.checkpoint import load_detector, read_checkpoint
 from models.networks.detector import DetectorConfig, build_detector, default_widths
 from models.networks.neuron import IntegerLIF, NeuronConfig
 from models.networks.state import state_nbytes
-from tests.helpers import calibrated
-
-TINY = {"bins": 2, "input_width": 96, "input_height": 64}
-SAMPLE = "data/samples/street_td.dat"
+from tests.helpers import SAMPLE, TINY, calibrated
 
 
 def _input(cfg, seed=0, batch=2):

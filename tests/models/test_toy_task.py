@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
+from tests.conftest import REPO
+
 
 def _load_toy_task() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_task.py"
+    path = REPO / "benchmarks" / "toy_task.py"
     spec = importlib.util.spec_from_file_location("toy_task", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["toy_task"] = module  # dataclasses look their module up while the file executes

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from service.settings import ENV_PREFIX, Settings
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
 SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}

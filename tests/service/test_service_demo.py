@@ -4,6 +4,7 @@ Skipped with the reason when Playwright or Chromium is missing (`pip install pla
 chromium`; never `playwright install`, which downloads a browser). ``SPQUANT_CHROMIUM`` names another binary.
 """
 
+import importlib.util
 import os
 import shutil
 
@@ -14,10 +15,15 @@ from service.settings import Settings
 from tests.helpers import random_events
 from tests.service_support import running_server, tiny_checkpoint
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = os.environ.get("SPQUANT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    pytest.skip("no Chromium found (apt-get install chromium, or set SPQUANT_CHROMIUM)", allow_module_level=True)
+# Marks rather than a module-level skip: `pytest --co -m browser` still lists the tests where the browser is missing.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="playwright is not installed (pip install playwright)"),
+    pytest.mark.skipif(CHROMIUM is None,
+                       reason="no Chromium found (apt-get install chromium, or set SPQUANT_CHROMIUM)"),
+]
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
@@ -32,6 +38,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page():
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield browser.new_page(viewport={"width": 1000, "height": 900})
