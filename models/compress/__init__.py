@@ -1,0 +1,1 @@
+"""Pruning, FLOPs / SynOps / memory accounting and distillation: all read the layer graph."""

@@ -1,0 +1,1 @@
+"""Export, the integer runtime and its backends, the streaming detector, loading and the bundled model."""
