@@ -93,5 +93,9 @@ def _validate(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config["lr"] <= 0:
         raise ConfigError(f"lr must be positive, got {config['lr']}")
+    if config["workers"] < 0:
+        raise ConfigError(f"workers must be >= 0, got {config['workers']}")
+    if config["lif"] not in ("fused", "reference"):
+        raise ConfigError(f"lif must be fused or reference, got {config['lif']!r}")
     if not 0 <= config["ema_decay"] < 1:
         raise ConfigError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")

@@ -120,11 +120,19 @@ class SequenceStreams:
             streams.append(part + [padding] * (share - len(part)))
         return [list(step) for step in zip(*streams, strict=True)]  # [position][stream]
 
-    def epoch(self, epoch: int) -> Iterator[SequenceBatch]:
-        """Yield the batches of ``epoch`` (deterministic for a given seed and epoch)."""
+    def epoch(self, epoch: int, shard: int = 0, shards: int = 1) -> Iterator[SequenceBatch]:
+        """Yield the batches of ``epoch`` (deterministic for a given seed and epoch), in order.
+
+        ``shard``/``shards`` yield only the batches whose index is ``shard`` modulo ``shards``: loader workers take
+        one shard each and their outputs, read round-robin, give the epoch's batches in order.
+        """
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} outside {shards} shards")
         steps = self._plan(epoch)
         shape = self.histogram.shape
-        for start in range(0, len(steps), self.seq_len):
+        for index, start in enumerate(range(0, len(steps), self.seq_len)):
+            if index % shards != shard:
+                continue
             chunk = steps[start : start + self.seq_len]
             L, B = len(chunk), self.batch_size
             batch = SequenceBatch(

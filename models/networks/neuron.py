@@ -24,10 +24,14 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from models.networks.frozen_config import FrozenConfig, check, is_real
+from models.networks.fused_lif import fusable, lif_sequence
 from models.networks.quant import LevelGrid
 from models.networks.surrogate import SPIKE_SURROGATES, quantize_membrane, spike
 
 RESETS = ("hard", "soft")
+# How the T-step recurrence runs: "fused" (one compiled autograd op over all steps, float32 CPU tensors without
+# membrane hooks; anything else runs the loop) or "reference" (the step loop of small torch ops, always).
+IMPLEMENTATIONS = ("fused", "reference")
 MembraneHook = Callable[[Tensor, Tensor], None]  # (charged u, stored membrane), both [B, C, H, W] in θ units
 
 
@@ -85,7 +89,12 @@ class IntegerLIF(nn.Module):
 
     ``forward(x, state) -> (spikes, state)``: ``x`` is ``[T, B, C, H, W]`` (multi-step) or ``[B, C, H, W]``
     (single step, same result as T = 1); ``state`` is ``[B, C, H, W]`` or ``None`` for a fresh one. Nothing is
-    kept between calls. Integer inference (int8 level codes) is the exported runtime's job
+    kept between calls.
+
+    ``implementation`` picks how the steps run: ``"fused"`` (default; :mod:`models.networks.fused_lif`, the same
+    forward bit for bit and the same gradients to float rounding, on float32 CPU tensors without membrane hooks —
+    other calls run the loop) or ``"reference"`` (the step loop of torch ops, always). :func:`use_implementation`
+    sets it on every neuron of a model. Integer inference (int8 level codes) is the exported runtime's job
     (:mod:`models.inference.runtime`), not a mode of this module.
 
     Membrane hooks observe the dynamics without changing them: :meth:`register_membrane_hook` (or the
@@ -94,8 +103,12 @@ class IntegerLIF(nn.Module):
     use them.
     """
 
-    def __init__(self, config: NeuronConfig | None = None, channels: int | None = None) -> None:
+    def __init__(self, config: NeuronConfig | None = None, channels: int | None = None,
+                 implementation: str = "fused") -> None:
         super().__init__()
+        check(implementation in IMPLEMENTATIONS,
+              f"IntegerLIF implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.implementation = implementation
         self.config = config if config is not None else NeuronConfig()
         self.grid = self.config.grid
         self.channels = channels
@@ -137,8 +150,10 @@ class IntegerLIF(nn.Module):
             raise ValueError(f"IntegerLIF has {self.channels} channels, input has {x.shape[-3]}")
         steps = x if x.dim() == 5 else x.unsqueeze(0)  # [T, B, C, H, W]
         state = self._checked_state(state, steps)
-        current = steps / self.threshold  # [T, B, C, H, W], in θ units
-        spikes, state = self._run(current, state)
+        if self.implementation == "fused" and not self._membrane_hooks and fusable(steps, state):
+            spikes, state = lif_sequence(steps, state, self.threshold, self.config)  # divides by θ inside
+        else:
+            spikes, state = self._run(steps / self.threshold, state)  # current [T, B, C, H, W] in θ units
         return (spikes if x.dim() == 5 else spikes[0]), state
 
     def _checked_state(self, state: Tensor | None, steps: Tensor) -> Tensor:
@@ -168,7 +183,21 @@ class IntegerLIF(nn.Module):
     def extra_repr(self) -> str:
         cfg = self.config
         grid = f"[{cfg.lb}, {cfg.ub}] step {cfg.step}" if cfg.quantize_membrane else "fp32"
-        return f"leak={cfg.leak}, membrane={grid}, reset={cfg.reset}, channels={self.channels}"
+        return (f"leak={cfg.leak}, membrane={grid}, reset={cfg.reset}, channels={self.channels}, "
+                f"implementation={self.implementation}")
+
+
+def use_implementation(model: nn.Module, implementation: str) -> int:
+    """Set ``implementation`` (``"fused"`` or ``"reference"``) on every :class:`IntegerLIF` in ``model``; returns
+    how many neurons it set."""
+    check(implementation in IMPLEMENTATIONS,
+          f"IntegerLIF implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, IntegerLIF):
+            module.implementation = implementation
+            count += 1
+    return count
 
 
 @contextlib.contextmanager
