@@ -8,6 +8,7 @@ epoch), so a killed run loses at most the epoch in progress. ``best.pt`` holds o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -22,20 +23,25 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from app.config import load_defaults
 from app.evaluator import evaluate_split
 from data.augment import Augmentation
 from data.box_filter import BoxFilter
-from data.gen1 import list_recordings
+from data.formats.dat import DatRecording
+from data.gen1 import RecordingFiles, list_recordings
+from data.loader import epoch_batches
 from data.representation import StackedHistogram
 from data.sequences import SequenceStreams
 from models.compress.distill import DistillationLoss, frozen_teacher
 from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.networks.loss import DetectionLoss, select_images
+from models.networks.neuron import use_implementation
 from models.networks.state import detach_state, reset_state
 from models.networks.ultralytics_parts import ModelEMA
 
-METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds")
+# data_share: the share of the epoch's training time spent waiting for batches (the loader's share of a step)
+METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds", "data_share")
 
 
 # Training-config keys that are DetectorConfig fields (the architecture part of a config).
@@ -88,6 +94,12 @@ class _Unroll(nn.Module):
         return outputs, state
 
 
+def training_sensor(recordings: list[RecordingFiles]) -> tuple[int, int] | None:
+    """The sensor size shared by every training recording (its DAT header, else Gen1's); None when they differ."""
+    sizes = {(r.width, r.height) for r in (DatRecording(files.events) for files in recordings)}
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
 class Trainer:
     """Train a detector from a validated config dict (see ``app/cfg/default.yaml``).
 
@@ -98,13 +110,8 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], progress: bool = True, model: SpikingYOLO | None = None,
                  on_step: Callable[[int], None] | None = None, teacher: SpikingYOLO | None = None) -> None:
-        resume = config.get("resume")
-        self.resumed: dict[str, Any] | None = None
-        if resume:
-            self.resumed = read_checkpoint(resume)
-            if "train_state" not in self.resumed:
-                raise ValueError(f"{resume} holds no training state (use a run's weights/last.pt)")
-            config = {**self.resumed["train_config"], "resume": str(resume)}
+        self.on_step, self.progress_requested = on_step, progress
+        config = self._read_resume(config)
         if not config.get("data"):
             raise ValueError("no training data: pass data=ROOT (a Gen1-layout folder, e.g. from `spquant synth`)")
         if model is None and config.get("init"):  # also on resume: a pruned start cannot be rebuilt from keys
@@ -112,26 +119,66 @@ class Trainer:
         if model is not None:  # the starting model's architecture wins over the config's (recorded as trained)
             config = {**config, **architecture_keys(model.config)}
         self.config = config
-        if config["threads"] > 0:
-            torch.set_num_threads(config["threads"])
-        torch.manual_seed(config["seed"])
+        self._setup_device()
+        self._build_model(model)
+        self._build_teacher(teacher)
+        self._build_data()
+        self.optimizer = self.build_optimizer()
+        self.scheduler = self._build_scheduler()
+        self._build_ema()
+        self._resume()
+
+    def _read_resume(self, config: dict[str, Any]) -> dict[str, Any]:
+        """With ``resume=``: read the checkpoint, whose training config wins; keys added since it was written take
+        their defaults."""
+        resume = config.get("resume")
+        self.resumed: dict[str, Any] | None = None
+        if not resume:
+            return config
+        self.resumed = read_checkpoint(resume)
+        if "train_state" not in self.resumed:
+            raise ValueError(f"{resume} holds no training state (use a run's weights/last.pt)")
+        return {**load_defaults(), **self.resumed["train_config"], "resume": str(resume)}
+
+    def _setup_device(self) -> None:
+        """Threads, seed, the process group under torchrun, and the device."""
+        if self.config["threads"] > 0:
+            torch.set_num_threads(self.config["threads"])
+        torch.manual_seed(self.config["seed"])
         self.rank, self.world_size, local_rank = _init_distributed()
         self.is_main = self.rank == 0
-        self.progress = progress and self.is_main
-        self.device = _device(config["device"], local_rank)
+        self.progress = self.progress_requested and self.is_main
+        self.device = _device(self.config["device"], local_rank)
+
+    def _build_model(self, model: SpikingYOLO | None) -> None:
+        """The detector (given or built from the config), its unroll (DDP-wrapped when distributed) and its loss."""
+        config = self.config
         self.detector_config = model.config if model is not None else detector_config_from(config)
         self.model = (model if model is not None else build_detector(self.detector_config)).to(self.device)
-        self.on_step = on_step
+        use_implementation(self.model, config.get("lif", "fused"))
         self.unroll: nn.Module = _Unroll(self.model)
         if self.world_size > 1:
             self.unroll = nn.parallel.DistributedDataParallel(self.unroll)
         self.loss = DetectionLoss(self.model, config["box_gain"], config["cls_gain"], config["dfl_gain"])
-        if teacher is None and config.get("teacher"):
-            teacher = load_detector(config["teacher"])
+
+    def _build_teacher(self, teacher: SpikingYOLO | None) -> None:
+        """The frozen teacher of distillation, if one is given (argument or the config's ``teacher``)."""
+        if teacher is None and self.config.get("teacher"):
+            teacher = load_detector(self.config["teacher"])
         self.teacher: nn.Module | None = None
         if teacher is not None:
+            use_implementation(teacher, self.config.get("lif", "fused"))
             self.teacher = _Unroll(frozen_teacher(teacher).to(self.device))
             self.distill = DistillationLoss(self.detector_config.reg_max)
+
+    def _build_data(self) -> None:
+        """The training streams of this rank; the detector records the sensor size of its training data."""
+        config = self.config
+        sensor = training_sensor(list_recordings(config["data"], config["train_split"]))
+        if sensor is not None:  # so that serve and predict default to the camera the data came from
+            self.detector_config = dataclasses.replace(self.detector_config, sensor_width=sensor[0],
+                                                       sensor_height=sensor[1])
+            self.model.config = self.detector_config
         histogram = StackedHistogram(
             bins=config["bins"],
             window_us=config["window_us"],
@@ -152,15 +199,21 @@ class Trainer:
             self.world_size,
         )
         self.steps_per_epoch = len(self.streams)
-        total = max(1, config["epochs"] * self.steps_per_epoch)
+        self.total_steps = max(1, config["epochs"] * self.steps_per_epoch)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; no weight decay on biases, BN and thresholds."""
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():
             (decay if param.dim() > 1 and "threshold" not in name else no_decay).append(param)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config["lr"],
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config["lr"],
         )
-        warmup, floor = config["warmup_steps"], config["final_lr_ratio"]
+
+    def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """Linear warm-up, then cosine decay to ``lr · final_lr_ratio`` over the whole run."""
+        warmup, floor, total = self.config["warmup_steps"], self.config["final_lr_ratio"], self.total_steps
 
         def lr_factor(step: int) -> float:
             if step < warmup:
@@ -168,16 +221,21 @@ class Trainer:
             progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress_))
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
-        use_ema = config["ema_decay"] > 0 and self.is_main  # only the main process validates and saves
-        self.ema = ModelEMA(self.model, decay=config["ema_decay"], tau=max(10, total // 20)) if use_ema else None
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+
+    def _build_ema(self) -> None:
+        use_ema = self.config["ema_decay"] > 0 and self.is_main  # only the main process validates and saves
+        self.ema = (ModelEMA(self.model, decay=self.config["ema_decay"], tau=max(10, self.total_steps // 20))
+                    if use_ema else None)
+
+    def _resume(self) -> None:
+        """Restore a resumed run's state and folder, or start a new run folder."""
         self.start_epoch, self.best_fitness, self.history = 0, -1.0, []
         if self.resumed:
             self._restore(self.resumed)
-        if self.resumed:
             self.run_dir = Path(self.resumed["run_dir"])
         else:
-            self.run_dir = self._new_run_dir() if self.is_main else Path(config["project"])
+            self.run_dir = self._new_run_dir() if self.is_main else Path(self.config["project"])
 
     def _new_run_dir(self) -> Path:
         name = (
@@ -211,16 +269,19 @@ class Trainer:
         state = teacher_state = None
         sums, images = np.zeros(4), 0
         batches = tqdm(
-            self.streams.epoch(epoch),
+            epoch_batches(self.streams, epoch, self.config.get("workers", 0)),
             total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{self.config['epochs']}",
             disable=not self.progress,
             leave=False,
         )
+        waited, start = 0.0, time.perf_counter()
+        ready = start
         for batch in batches:
-            x = torch.from_numpy(batch.inputs).to(self.device)  # [L, B, T, 2, H, W] uint8
+            waited += time.perf_counter() - ready  # the step waited this long for its batch
+            x = self._to_device(batch.inputs)  # [L, B, T, 2, H, W] uint8
             state = detach_state(state)  # truncated BPTT: no gradient into the previous chunk
-            reset = torch.from_numpy(batch.reset).to(self.device)
+            reset = self._to_device(batch.reset)
             outputs, state = self.unroll(x, reset, state)
             total = torch.zeros((), device=self.device)
             if self.teacher is not None:
@@ -252,8 +313,18 @@ class Trainer:
             sums[0] += float(total.detach())
             if images:
                 batches.set_postfix(loss=f"{sums[0] / images:.3f}")
+            ready = time.perf_counter()
         parts = sums / max(images, 1)
-        return {"loss": float(parts[0]), "box": float(parts[1]), "cls": float(parts[2]), "dfl": float(parts[3])}
+        data_share = waited / max(time.perf_counter() - start, 1e-9)
+        return {"loss": float(parts[0]), "box": float(parts[1]), "cls": float(parts[2]), "dfl": float(parts[3]),
+                "data_share": round(data_share, 4)}
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A batch array on the training device; through pinned memory and an asynchronous copy on CUDA."""
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def _distillation(self, outputs: list[Any], taught: list[Any], valid: np.ndarray) -> torch.Tensor:
         """Gained distillation loss over every valid window of the chunk (labelled or not)."""
@@ -307,12 +378,11 @@ class Trainer:
             self._write_metrics()
             if self.world_size > 1:
                 dist.barrier()
-            if self.is_main:
-                print(
-                    f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
-                    f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"
-                    + ("  *best*" if improved else "")
-                )
+            print(
+                f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
+                f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"
+                + ("  *best*" if improved else "")
+            )
         return row
 
     def _save(self, epoch: int, improved: bool, metrics: dict[str, Any]) -> None:

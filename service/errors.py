@@ -41,3 +41,9 @@ class UnsupportedMediaTypeError(ServiceError):
     """A content type the endpoint does not take."""
 
     status_code = 415
+
+
+class NotFoundError(ServiceError):
+    """A path that names nothing the service has."""
+
+    status_code = 404

@@ -51,6 +51,11 @@ class DetectionEngine:
         """Window length Δ in µs."""
         return self.config.window_us
 
+    @property
+    def sensor_size(self) -> tuple[int, int]:
+        """(width, height) of the sensor the model was trained for: what a request that names none is taken to use."""
+        return self.config.sensor_size
+
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/model`` reports."""
         return self._info
@@ -150,6 +155,8 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
         "window_us": cfg.window_us,
         "input_width": cfg.input_width,
         "input_height": cfg.input_height,
+        "sensor_width": cfg.sensor_size[0],
+        "sensor_height": cfg.sensor_size[1],
         "weight_bits": cfg.weight_bits,
         "first_layer_bits": cfg.first_layer_bits,
         "membrane_levels": levels,

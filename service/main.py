@@ -20,7 +20,7 @@ from service.errors import ServiceError
 from service.inference import DetectionEngine
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routers import demo, detect, health, metrics, model, stream
+from service.routers import demo, detect, docs, health, metrics, model, stream
 from service.sessions import SessionRegistry
 from service.settings import Settings
 
@@ -54,12 +54,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.engine.close()
             torch.set_num_threads(torch_threads)
 
+    # docs_url/redoc_url None: service.routers.docs serves both pages with local assets (FastAPI's default pages load
+    # them from a CDN, blank on an offline edge box).
     app = FastAPI(title="spquant detection service", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
-                  license_info={"name": "AGPL-3.0-or-later", "identifier": "AGPL-3.0-or-later"})
+                  license_info={"name": "AGPL-3.0-or-later", "identifier": "AGPL-3.0-or-later"},
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = app_metrics
     app.state.sessions = SessionRegistry(settings.max_sessions, app_metrics)
-    for module in (health, model, detect, stream, metrics, demo):
+    for module in (health, model, detect, stream, metrics, demo, docs):
         app.include_router(module.router)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(EventDataError, _event_data_error)

@@ -98,8 +98,10 @@ class ModelInfo(BaseModel):
                     "classes": ["car", "pedestrian"],
                     "time_bins": 5,
                     "window_us": 50000,
-                    "input_width": 304,
-                    "input_height": 240,
+                    "input_width": 152,
+                    "input_height": 120,
+                    "sensor_width": 304,
+                    "sensor_height": 240,
                     "weight_bits": 4,
                     "first_layer_bits": 8,
                     "membrane_levels": [-1.0, 0.0, 1.0],
@@ -122,8 +124,11 @@ class ModelInfo(BaseModel):
     classes: list[str]
     time_bins: int = Field(description="SNN time steps T per window")
     window_us: int = Field(description="window length Δ in µs")
-    input_width: int
-    input_height: int
+    input_width: int = Field(description="network input width (events are letterboxed into it)")
+    input_height: int = Field(description="network input height")
+    sensor_width: int = Field(description="width of the sensor the model was trained for: the default sensor of "
+                              "requests and streams that name none")
+    sensor_height: int = Field(description="height of that sensor")
     weight_bits: int
     first_layer_bits: int
     membrane_levels: list[float] = Field(description="stored membrane levels, in units of the threshold")

@@ -90,9 +90,9 @@ class StreamSession:
 
     def reset(self) -> None:
         """Forget everything received: membrane state, partial records, the window in progress."""
-        cfg, model = self.config, self.engine.config
-        self.width = cfg.width or model.input_width
-        self.height = cfg.height or model.input_height
+        cfg = self.config
+        # Without width/height the stream comes from the sensor the model was trained for.
+        self.width, self.height = (cfg.width, cfg.height) if cfg.width and cfg.height else self.engine.sensor_size
         threshold = self.settings.score_threshold if cfg.score_threshold is None else cfg.score_threshold
         self.detector: StreamingDetector = self.engine.detector(self.width, self.height, threshold)
         self.decoder = stream_decoder(cfg.encoding)

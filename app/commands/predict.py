@@ -1,8 +1,10 @@
 """``spquant predict SOURCE [--model PATH] --out DETS.npy``: detections for every window of a recording.
 
 SOURCE is a Prophesee ``.dat`` or ``.raw`` (EVT 2.0/3.0) file of any sensor size: events are letterboxed into the
-model's input and boxes mapped back to the recording's coordinates. The output is a ``.npy`` in the Gen1 label dtype,
-one set of boxes per window, stamped with the window's end time (``spquant show --detections`` draws it).
+model's input and boxes mapped back to the recording's coordinates. A file whose header names no sensor size (a
+headerless DAT, a RAW without geometry) is taken to come from the sensor the model was trained for; events off the
+sensor or out of time order are an error. The output is a ``.npy`` in the Gen1 label dtype, one set of boxes per
+window, stamped with the window's end time (``spquant show --detections`` draws it).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.commands.info import checked_chunks
 from app.commands.model_option import add_model_option, load_model
 from data.formats.labels import BBOX_DTYPE, GEN1_CLASSES, write_labels
-from data.formats.recording import open_recording
+from data.formats.recording import header_geometry, open_recording
 from data.windows import iter_windows
 from models.inference.stream import StreamingDetector
 
@@ -35,14 +38,15 @@ def run(args: argparse.Namespace) -> int:
     """Stream the recording window by window and write the detections."""
     if not 0 <= args.conf <= 1 or not 0 <= args.iou <= 1:
         raise ValueError("--conf and --iou must lie in [0, 1]")
-    recording = open_recording(args.source)
-    if recording.width is None or recording.height is None:
-        raise ValueError(f"{args.source}: sensor size unknown (no geometry in the header)")
+    recording = open_recording(args.source)  # a foreign file fails before the model loads
     model = load_model(args)
+    if header_geometry(recording) is None:  # no sensor size in the header: the one the model was trained for
+        recording = open_recording(args.source, *model.config.sensor_size)
     detector = StreamingDetector(model, conf_thres=args.conf, iou_thres=args.iou)
     stream = detector.for_sensor(recording.width, recording.height)
     parts = []
-    windows = tqdm(stream.run(iter_windows(recording, stream.window_us)), unit="window", desc="predict", delay=1.0)
+    windows = tqdm(stream.run(iter_windows(checked_chunks(recording), stream.window_us)), unit="window",
+                   desc="predict", delay=1.0)
     for _, dets in windows:
         parts.append(dets)
     detections = np.concatenate(parts, dtype=BBOX_DTYPE) if parts else np.zeros(0, BBOX_DTYPE)

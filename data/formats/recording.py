@@ -12,7 +12,7 @@ import numpy as np
 from data.errors import RecordingFormatError
 from data.formats.dat import DatRecording
 from data.formats.header import read_header
-from data.formats.raw import RawRecording, raw_encoding
+from data.formats.raw import RawRecording, raw_encoding, raw_geometry
 
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -57,3 +57,16 @@ def open_recording(
         return DatRecording(path, width, height)
     what = "empty file" if not start else "no Prophesee '%' header"
     raise RecordingFormatError(f"{path}: not a Prophesee DAT or RAW recording ({what})")
+
+
+def header_geometry(recording: DatRecording | RawRecording) -> tuple[int, int] | None:
+    """(width, height) as the file's header states it, or None when the header names no sensor size.
+
+    The readers fall back to a default (Gen1 304×240 for DAT, nothing for RAW); callers that know better (the sensor a
+    model was trained for) use this to tell a stated geometry from a fallback.
+    """
+    if isinstance(recording, RawRecording):
+        return raw_geometry(recording.header)
+    width, height = recording.header.get_int("width"), recording.header.get_int("height")
+    return (width, height) if width and height else None
+

@@ -37,7 +37,9 @@ class DetectorConfig(FrozenConfig):
     Input: windows of ``window_us`` cut into ``bins`` time bins (= SNN time steps) of 2 polarities, counts clipped
     at ``cutoff``, ``input_width`` × ``input_height`` padded to a multiple of 32. ``head_bits`` fake-quantizes the
     Detect head's weights (32 = floating point, the default). ``channels`` narrows channel groups (a pruned model:
-    ``{group: width}``; empty = the scale's YAML widths, see :func:`default_widths`).
+    ``{group: width}``; empty = the scale's YAML widths, see :func:`default_widths`). ``sensor_width`` ×
+    ``sensor_height`` is the camera the model was trained for (what callers assume when a recording or request names
+    no sensor size; 0 = the input size, as in checkpoints written before the field existed).
     """
 
     variant: str = "spquant"
@@ -55,6 +57,8 @@ class DetectorConfig(FrozenConfig):
     reg_max: int = 16
     head_bits: int = 32
     channels: tuple[tuple[str, int], ...] = ()
+    sensor_width: int = 0
+    sensor_height: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -64,6 +68,12 @@ class DetectorConfig(FrozenConfig):
         for name in ("bins", "window_us", "cutoff", "input_width", "input_height", "reg_max"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{name} must be a positive int")
         check(len(self.class_names) > 0, "class_names must not be empty")
+        for name in ("sensor_width", "sensor_height"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 16384,
+                  f"{name} must be an int in 0..16384 (0 = the input size), got {value!r}")
+        check((self.sensor_width == 0) == (self.sensor_height == 0),
+              f"give both sensor_width and sensor_height, or neither; got {self.sensor_width}x{self.sensor_height}")
         check(self.head_bits == FULL_PRECISION_BITS or self.quantized,
               f"the baseline variant keeps a full-precision head, got head_bits={self.head_bits}")
         QuantConfig(weight_bits=self.head_bits)  # raises ValueError on bad bits
@@ -111,6 +121,13 @@ class DetectorConfig(FrozenConfig):
     def head_quant(self) -> QuantConfig:
         """The weight quantization of the Detect head's convs (``head_bits``; 32 = floating point, the default)."""
         return QuantConfig(weight_bits=self.head_bits)
+
+    @property
+    def sensor_size(self) -> tuple[int, int]:
+        """(width, height) of the sensor the model expects: the recorded one, else the input size."""
+        if self.sensor_width and self.sensor_height:
+            return self.sensor_width, self.sensor_height
+        return self.input_width, self.input_height
 
     @property
     def padded_size(self) -> tuple[int, int]:

@@ -12,9 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from data.errors import EventValidationError
 from data.formats.dat import DAT_RECORD
-from data.formats.recording import open_recording
+from data.formats.recording import header_geometry, open_recording
 from service.codecs import UPLOAD_SUFFIXES, decode_columns, decode_records
 from service.dependencies import EngineDep, SettingsDep, require_api_key
 from service.errors import InvalidRequestError, MalformedPayloadError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -34,6 +33,8 @@ _REQUEST_BODY: dict[str, Any] = {
         f"* `{JSON}`: columns `{{\"t\": [...], \"x\": [...], \"y\": [...], \"p\": [...]}}` (small requests).\n"
         f"* `{MULTIPART}`: a field `file` holding a `.dat` or `.raw` (EVT 2.0/3.0) recording; its header gives the "
         "sensor size unless `width`/`height` are given.\n\n"
+        "Without `width`/`height` (and without a header that names the sensor size) the events are taken to come from "
+        "the sensor the model was trained for (`sensor_width` × `sensor_height` in `GET /v1/model`).\n\n"
         "Timestamps must be non-negative and non-decreasing; coordinates must lie on the sensor."
     ),
     "content": {
@@ -72,8 +73,8 @@ async def detect(
     request: Request,
     engine: EngineDep,
     settings: SettingsDep,
-    width: Annotated[int | None, Query(ge=1, le=16384, description="sensor width (default: the model input width, "
-                                       "or the uploaded file's header)")] = None,
+    width: Annotated[int | None, Query(ge=1, le=16384, description="sensor width (default: the uploaded file's "
+                                       "header, else the sensor the model was trained for)")] = None,
     height: Annotated[int | None, Query(ge=1, le=16384, description="sensor height (same defaults as width)")] = None,
     score_threshold: Annotated[float | None, Query(ge=0, le=1, description="minimum score (default: the server's "
                                                    "setting)")] = None,
@@ -106,7 +107,8 @@ async def detect(
                 raise RequestValidationError(
                     [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_context=False)]
                 ) from None
-        width, height = width or engine.config.input_width, height or engine.config.input_height
+        if width is None or height is None:
+            width, height = engine.sensor_size
         detector = engine.detector(width, height, threshold)
         n, windows = await engine.call(
             engine.detect, detector, [events], settings.max_events_per_request, settings.max_windows
@@ -130,8 +132,8 @@ def _detect_file(
         with open(path, "wb") as out:
             shutil.copyfileobj(file, out)
         recording = open_recording(path, width, height)
-        if recording.width is None or recording.height is None:
-            raise EventValidationError("the file's header gives no sensor size; pass the width and height parameters")
+        if width is None and header_geometry(recording) is None:  # no size stated: the model's training sensor
+            recording = open_recording(path, *engine.sensor_size)
         detector = engine.detector(recording.width, recording.height, threshold)
         n, windows = engine.detect(detector, recording.iter_chunks(), settings.max_events_per_request,
                                    settings.max_windows)

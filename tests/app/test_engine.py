@@ -103,6 +103,8 @@ def test_resume_continues_after_the_last_finished_epoch(trained, tmp_path, capsy
     last["train_state"]["epoch"] = 0
     last["train_state"]["history"] = last["train_state"]["history"][:1]
     last["run_dir"] = str(tmp_path / "resumed")
+    for key in ("workers", "lif"):  # a checkpoint written before these keys existed resumes with their defaults
+        del last["train_config"][key]
     (tmp_path / "resumed" / "weights").mkdir(parents=True)
     torch.save(last, tmp_path / "killed.pt")
     assert main(["train", f"resume={tmp_path / 'killed.pt'}", "--quiet"]) == 0
@@ -132,6 +134,13 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
     assert main([*common, "name=taught", f"teacher={teacher}", "distill_gain=5", "--quiet"]) == 0
     plain, taught = (read_checkpoint(tmp_path / n / "weights" / "last.pt")["model"] for n in ("plain", "taught"))
     assert any(not torch.equal(plain[k], taught[k]) for k in plain if plain[k].is_floating_point())
+    # batches built in two loader processes: the same batches in the same order, so the same weights
+    assert main([*common, "name=workers", "workers=2", "--quiet"]) == 0
+    workers = read_checkpoint(tmp_path / "workers" / "weights" / "last.pt")["model"]
+    assert all(torch.equal(plain[k], workers[k]) for k in plain)
+    header, row = (tmp_path / "workers" / "metrics.csv").read_text().strip().splitlines()
+    share = float(row.split(",")[header.split(",").index("data_share")])
+    assert 0 <= share < 1
 
 
 @pytest.mark.parametrize(
@@ -142,6 +151,8 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
         (["train", "epochz=3"], "unknown config key"),
         (["train", "epochs=three"], "must be a number"),
         (["train", "epochs=1"], "no training data"),
+        (["train", "workers=-1"], "workers must be >= 0"),
+        (["train", "lif=fast"], "lif must be fused or reference"),
         (["train", "data=/nonexistent"], "does not exist"),
         (["eval", "--model", "/nonexistent.pt", "--data", "/x"], "no such"),
         (["predict", "/nonexistent.dat", "--out", "/tmp/x.npy"], "No such file"),
@@ -150,3 +161,10 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
 def test_bad_input_is_a_clean_error(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_run_records_the_sensor_of_its_training_data(trained):
+    """Serving and predict default to the camera the data came from (the synthetic Gen1 sensor here)."""
+    detector = read_checkpoint(trained / "weights" / "best.pt")["detector"]
+    assert (detector["sensor_width"], detector["sensor_height"]) == (304, 240)
+    assert (detector["input_width"], detector["input_height"]) != (304, 240)

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from data.formats.dat import encode_dat_records, write_dat
+from data.formats.evt3 import encode_evt3
 from data.formats.raw import write_raw
 from data.windows import iter_windows
 from models.inference.loading import load_model
@@ -174,10 +175,10 @@ def test_bad_uploads(client, tmp_path):
     cut = client.post("/v1/detect", files={"file": ("cut.dat", truncated, "application/octet-stream")})
     assert cut.status_code == 422 and "truncated" in cut.json()["detail"]
     path = tmp_path / "headerless.raw"
-    path.write_bytes(b"% evt 3.0\n% end\n")  # RAW without geometry
-    with open(path, "rb") as f:
+    path.write_bytes(b"% evt 3.0\n% end\n" + encode_evt3(random_events(5, width=2 * W, height=H, seed=1)))
+    with open(path, "rb") as f:  # RAW without geometry: the model's sensor (96x64 here), which these events leave
         no_size = client.post("/v1/detect", files={"file": (path.name, f, "application/octet-stream")})
-    assert no_size.status_code == 422 and "width and height" in no_size.json()["detail"]
+    assert no_size.status_code == 422 and f"outside a sensor of {W}x{H}" in no_size.json()["detail"]
 
 
 def test_limits(client):

@@ -55,11 +55,15 @@ def _chunks(payload, seed):
 
 
 def _receive_until_ack(ws, command="flush"):
+    """Detection messages up to the ack of ``command``; their ``latency_ms`` is checked and dropped (it varies)."""
     messages = []
     while True:
         message = ws.receive_json()
         if message["type"] == "ack" and message["command"] == command:
             return messages, message
+        if message["type"] == "detections":
+            latency = message.pop("latency_ms")
+            assert isinstance(latency, float | int) and latency >= 0
         messages.append(message)
 
 
