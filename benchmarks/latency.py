@@ -6,6 +6,9 @@ Contenders, all at the Gen1 input (304×240, padded to 320×256), T = 5 bins of 
 * ``fake-quant``: the quantized SNN in PyTorch, as trained (4-bit weights, ternary membranes);
 * ``integer``: the exported integer runtime (:class:`models.inference.runtime.Runtime`);
 * ``integer-pruned``: the integer runtime of a pruned checkpoint (``--pruned PATH``), when one is given;
+* ``integer-numpy`` (and ``integer-pruned-numpy``): the same exported models on the torch-free runtime
+  (:class:`models.inference.numpy_runtime.NumpyRuntime`, numpy + numba) with its numpy NMS — what serving without
+  torch runs; ``speedup_vs_torch_runtime`` compares each with its torch-runtime row of the same run;
 * ``integer-onnxrt``: the integer runtime's exported ONNX step run by ONNX Runtime (when onnx and onnxruntime are
   installed);
 * ``yolov8n``: ultralytics YOLOv8n (``DetectionModel('yolov8n.yaml', ch=10, nc=2)``, Conv+BN fused) reading the
@@ -42,6 +45,9 @@ import torch
 from data.formats.recording import open_recording
 from data.windows import Window, iter_windows
 from models.inference.bundled import BUNDLED_MODEL
+from models.inference.export import fold
+from models.inference.numpy_detect import non_max_suppression as numpy_nms
+from models.inference.numpy_runtime import NumpyRuntime
 from models.inference.runtime import Runtime
 from models.inference.stream import StreamingDetector
 from models.networks.checkpoint import read_checkpoint
@@ -74,6 +80,23 @@ class Contender:
             y, self.state = self.network(torch.from_numpy(counts).unsqueeze(1), self.state)  # [T, 1, 2, H, W] in
             t2 = time.perf_counter()
             (dets,) = non_max_suppression(y, conf_thres=0.25, iou_thres=0.6, max_det=100, nc=y.shape[1] - 4)
+        t3 = time.perf_counter()
+        self.detections = len(dets)
+        for stage, seconds in zip((*STAGES, "total"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+            self.times[stage].append(seconds * 1e3)
+
+
+@dataclass
+class NumpyContender(Contender):
+    """The torch-free pipeline: histogram → :class:`NumpyRuntime` → numpy NMS, on numpy arrays throughout."""
+
+    def run(self, window: Window) -> None:
+        t0 = time.perf_counter()
+        counts = self.detector.histogram(self.detector.letterbox.map_events(window.events), window.t_start)
+        t1 = time.perf_counter()
+        y, self.state = self.network(counts[:, None], self.state)  # [T, 1, 2, H, W] in
+        t2 = time.perf_counter()
+        (dets,) = numpy_nms(y, conf_thres=0.25, iou_thres=0.6, max_det=100)
         t3 = time.perf_counter()
         self.detections = len(dets)
         for stage, seconds in zip((*STAGES, "total"), (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
@@ -120,8 +143,12 @@ def contenders(pruned: Path | None) -> list[Contender]:
         "fake-quant": fake_quant,
         "integer": Runtime.from_model(fake_quant),
     }
+    # the same folded models (what their .spq files hold) on the torch-free runtime
+    engines = {"integer-numpy": NumpyRuntime(*fold(fake_quant))}
     if pruned is not None:
-        models["integer-pruned"] = Runtime.from_model(full_resolution(pruned))
+        pruned_model = full_resolution(pruned)
+        models["integer-pruned"] = Runtime.from_model(pruned_model)
+        engines["integer-pruned-numpy"] = NumpyRuntime(*fold(pruned_model))
     if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
         from models.inference.onnx_step import OnnxStepModel, export_onnx
 
@@ -129,6 +156,8 @@ def contenders(pruned: Path | None) -> list[Contender]:
         models["integer-onnxrt"] = OnnxStepModel(path, threads=torch.get_num_threads())
     out = [Contender(name, StreamingDetector(model), model) for name, model in models.items()]
     out.append(Contender("yolov8n", StreamingDetector(fake_quant), yolov8n(fake_quant.config.bins)))
+    out += [NumpyContender(name, StreamingDetector(models[name.removesuffix("-numpy")]), engine)
+            for name, engine in engines.items()]
     return out
 
 
@@ -159,6 +188,8 @@ def main() -> None:
             pipeline.run(window)
             pipeline.state = state  # every round measures the same window from the same state
     base = statistics.median(pipelines[0].times["total"])
+    by_name = {p.name: p for p in pipelines}
+    torch_runtime = {f"{name}-numpy": by_name[name] for name in ("integer", "integer-pruned") if name in by_name}
     results = {
         "machine": {"cpu_count": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
                     "torch": torch.__version__, "load_average": os.getloadavg()},
@@ -171,6 +202,8 @@ def main() -> None:
                 **{f"{s}_ms": {"median": statistics.median(p.times[s]), "p99": percentile(p.times[s], 99)}
                    for s in (*STAGES, "total")},
                 "speedup_vs_fp32_dense": base / statistics.median(p.times["total"]),
+                **({"speedup_vs_torch_runtime": statistics.median(torch_runtime[p.name].times["total"])
+                    / statistics.median(p.times["total"])} if p.name in torch_runtime else {}),
                 "detections": p.detections,
             }
             for p in pipelines
@@ -180,11 +213,13 @@ def main() -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"one window: {len(window.events)} events, {WIDTH}x{HEIGHT}, T=5, batch 1, {args.threads} threads, "
           f"{args.rounds} rounds, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'pipeline':<16}{'histogram':>11}{'network':>10}{'nms':>8}{'total':>9}{'p99':>9}{'vs fp32':>9}")
+    print(f"{'pipeline':<22}{'histogram':>11}{'network':>10}{'nms':>8}{'total':>9}{'p99':>9}{'vs fp32':>9}")
     for name, r in results["contenders"].items():
-        print(f"{name:<16}{r['histogram_ms']['median']:>9.2f}ms{r['network_ms']['median']:>8.2f}ms"
+        versus = r.get("speedup_vs_torch_runtime")
+        print(f"{name:<22}{r['histogram_ms']['median']:>9.2f}ms{r['network_ms']['median']:>8.2f}ms"
               f"{r['nms_ms']['median']:>6.2f}ms{r['total_ms']['median']:>7.2f}ms{r['total_ms']['p99']:>7.2f}ms"
-              f"{r['speedup_vs_fp32_dense']:>8.2f}x")
+              f"{r['speedup_vs_fp32_dense']:>8.2f}x"
+              + (f"  ({versus:.2f}x vs its torch runtime)" if versus is not None else ""))
     if args.pruned is None:
         print("integer-pruned: not measured (pass --pruned CKPT, a checkpoint from `spquant prune`)")
     print(f"wrote {args.out}")

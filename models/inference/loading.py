@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from models.inference.export import is_spq
 from models.inference.runtime import Runtime
+from models.inference.spq import is_spq
 from models.networks.checkpoint import load_detector
 from models.networks.detector import SpikingYOLO
 

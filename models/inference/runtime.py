@@ -37,11 +37,12 @@ from typing import Any, Self
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor, nn
 
-from models.inference.export import ExportFormatError, fold, read_spq, unpack_codes
+from models.inference.export import fold
 from models.inference.fused_head import FusedDetect
+from models.inference.kernels import lif_kernel, map_kernel, scatter_bytes_kernel, scatter_conv_kernel
+from models.inference.spq import ExportFormatError, read_spq, unpack_codes
 from models.networks.detector import DetectorConfig, SpikingYOLO
 from models.networks.graph import Graph, ModuleOps, Node
 from models.networks.head import detect_head
@@ -113,9 +114,9 @@ class IntConv(nn.Module):
         out = torch.zeros((x.shape[0], self.weight.shape[0], h, w), dtype=torch.float32)
         x = x.contiguous()
         if x.dtype == torch.uint8 and x.numel() % 8 == 0:  # event counts: skip 8 zero counts per test
-            _scatter_bytes_kernel(x.numpy(), self.weight.numpy(), self.stride[0], self.padding[0], out.numpy())
+            scatter_bytes_kernel(x.numpy(), self.weight.numpy(), self.stride[0], self.padding[0], out.numpy())
         else:
-            _scatter_conv_kernel(x.to(torch.float32).numpy(), self.weight.numpy(), self.stride[0], self.padding[0],
+            scatter_conv_kernel(x.to(torch.float32).numpy(), self.weight.numpy(), self.stride[0], self.padding[0],
                                  out.numpy())
         return out
 
@@ -160,103 +161,10 @@ class IntLIF(nn.Module):
         t, b, c = x.shape[:3]
         spikes = torch.empty(x.shape, dtype=torch.float32)
         new = codes.clone()
-        _lif_kernel(x.reshape(t, b, c, -1).numpy(), *input_map.arrays(), new.view(b, c, -1).numpy(),
+        lif_kernel(x.reshape(t, b, c, -1).numpy(), *input_map.arrays(), new.view(b, c, -1).numpy(),
                     spikes.view(t, b, c, -1).numpy(), self.one, -1 if self.leak_shift is None else self.leak_shift,
                     self.low, self.high, self.half, self.step_shift, self.hard_reset)
         return spikes, new
-
-
-@njit(cache=True, nogil=True)
-def _lif_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray, codes: np.ndarray,
-                spikes: np.ndarray, one: int, leak_shift: int, low: int, high: int, half: int, step_shift: int,
-                hard: bool) -> None:  # pragma: no cover - compiled
-    # x [T, B, C, P] (float32 accumulators or int64 Q(F) currents); codes [B, C, P] int8, updated in place;
-    # spikes [T, B, C, P] float32 out. Branch-free inner loop over positions, so LLVM vectorizes it.
-    steps, batch, channels, positions = x.shape
-    level = np.empty(positions, dtype=np.int64)
-    for b in range(batch):
-        for c in range(channels):
-            m, r, s = mult[c], bias[c], shift[c]
-            for p in range(positions):
-                level[p] = codes[b, c, p]
-            for t in range(steps):
-                xt, st = x[t, b, c], spikes[t, b, c]
-                for p in range(positions):
-                    u = (np.int64(xt[p]) * m + r) >> s
-                    if leak_shift >= 0:
-                        u += level[p] << leak_shift
-                    fired = u > one
-                    st[p] = np.float32(fired)
-                    if not hard:
-                        u -= one * fired
-                    code = (min(max(u, low), high) + half) >> step_shift
-                    level[p] = 0 if (hard and fired) else code
-            for p in range(positions):
-                codes[b, c, p] = level[p]
-
-
-@njit(cache=True, nogil=True)
-def _scatter_conv_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-                         out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # Event-driven conv for sparse integer input: x [N, Cin, H, W] float32, weight [Cout, Cin, k, k] float32
-    # (integer codes), out [N, Cout, h, w] float32 zeroed by the caller; each non-zero input adds its weights to the
-    # outputs it reaches. Same integers as the GEMM (exact below 2^24).
-    for n in range(x.shape[0]):
-        for ci in range(x.shape[1]):
-            for y in range(x.shape[2]):
-                for xx in range(x.shape[3]):
-                    if x[n, ci, y, xx] != 0:
-                        _scatter_input(x[n, ci, y, xx], n, ci, y, xx, weight, stride, padding, out)
-
-
-@njit(cache=True, nogil=True)
-def _scatter_bytes_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-                          out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # _scatter_conv_kernel for uint8 counts x [N, Cin, H, W] (contiguous, size a multiple of 8): the scan for
-    # non-zero inputs, which dominates at event densities (< 1 %), reads 8 counts per uint64 word.
-    channels, rows, cols = x.shape[1], x.shape[2], x.shape[3]
-    flat = x.ravel()
-    words = flat.view(np.uint64)
-    for i in range(words.size):
-        if words[i] == 0:
-            continue
-        for j in range(8 * i, 8 * i + 8):
-            if flat[j] == 0:
-                continue
-            xx, r = j % cols, j // cols
-            y, r = r % rows, r // rows
-            ci, n = r % channels, r // channels
-            _scatter_input(np.float32(flat[j]), n, ci, y, xx, weight, stride, padding, out)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _scatter_input(v: float, n: int, ci: int, y: int, xx: int, weight: np.ndarray, stride: int, padding: int,
-                   out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # one non-zero input x[n, ci, y, xx] = v adds v × its weights to every output it reaches
-    cout, k = weight.shape[0], weight.shape[2]
-    height, width = out.shape[2], out.shape[3]
-    for ky in range(k):
-        oy = y + padding - ky
-        if oy < 0 or oy % stride or oy // stride >= height:
-            continue
-        for kx in range(k):
-            ox = xx + padding - kx
-            if ox < 0 or ox % stride or ox // stride >= width:
-                continue
-            for co in range(cout):
-                out[n, co, oy // stride, ox // stride] += v * weight[co, ci, ky, kx]
-
-
-@njit(cache=True, nogil=True)
-def _map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray,
-                out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # x [N, C, P] float32 accumulators → out [N, C, P] int64 Q(F) currents
-    for n in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            m, r, s = mult[c], bias[c], shift[c]
-            xc, oc = x[n, c], out[n, c]
-            for p in range(x.shape[2]):
-                oc[p] = (np.int64(xc[p]) * m + r) >> s
 
 
 def _head_state(packed: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[str, Tensor]:
@@ -420,7 +328,7 @@ class KernelOps(ReferenceOps):
         if node.attrs["output"] == "theta":
             return acc
         out = torch.empty(acc.shape, dtype=torch.int64)
-        _map_kernel(acc.flatten(2).numpy(), *conv.map.arrays(), out.flatten(2).numpy())
+        map_kernel(acc.flatten(2).numpy(), *conv.map.arrays(), out.flatten(2).numpy())
         return out
 
     def _lif(self, lif: IntLIF, x: Tensor, codes: Tensor, input_map: FixedPointMap) -> tuple[Tensor, Tensor]:

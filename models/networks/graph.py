@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # torch only for hints and ModuleOps: the torch-free runtime reads graphs without it
+    from torch import Tensor, nn
 
 KINDS = ("input", "conv", "lif", "add", "upsample_add", "rate", "detect")
 STATEFUL = frozenset({"lif"})
@@ -257,6 +258,8 @@ class ModuleOps:
         return total
 
     def upsample_add(self, node: Node, fine: Tensor, coarse: Tensor) -> Tensor:
+        from torch import nn  # lazy: see the imports
+
         # [T, B, C, h, w] + nearest-upsampled [T, B, C, h', w']
         up = nn.functional.interpolate(coarse.flatten(0, 1), size=fine.shape[-2:], mode="nearest")
         return fine + up.unflatten(0, fine.shape[:2])

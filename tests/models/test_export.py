@@ -12,20 +12,10 @@ import torch
 
 from app.cli import main
 from models.inference.bundled import default_model_path
-from models.inference.export import (
-    FORMAT,
-    VERSION,
-    ExportFormatError,
-    export_model,
-    fixed_point,
-    fold,
-    pack_codes,
-    read_spq,
-    unpack_codes,
-    write_spq,
-)
+from models.inference.export import export_model, fixed_point, fold
 from models.inference.loading import load_model
 from models.inference.runtime import Runtime
+from models.inference.spq import FORMAT, VERSION, ExportFormatError, pack_codes, read_spq, unpack_codes, write_spq
 from models.networks.checkpoint import CheckpointError, load_detector, save_checkpoint
 from models.networks.detector import DetectorConfig, build_detector
 from models.networks.quant import QuantConv2d

@@ -22,8 +22,9 @@ from data.formats.recording import open_recording
 from data.windows import iter_windows
 from models.compress.accounting import footprint
 from models.inference.bundled import default_model_path
-from models.inference.export import ExportFormatError, export_model
+from models.inference.export import export_model
 from models.inference.runtime import IntConv, Runtime
+from models.inference.spq import ExportFormatError
 from models.inference.stream import StreamingDetector
 from models.networks.checkpoint import load_detector
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector

@@ -1,0 +1,286 @@
+"""The torch-free integer runtime: an exported ``.spq`` model run with numpy and numba alone (no torch, ultralytics).
+
+``NumpyRuntime.load(path)`` rebuilds the network from the file; ``runtime(x, state) -> (y, state)`` has the
+interface of :class:`~models.inference.runtime.Runtime` on numpy arrays: ``x`` uint8 ``[T, B, 2, H, W]`` counts,
+``state`` a flat dict ``{lif name: int8 [B, C, h, w]}`` (the same codes, bit for bit, as the torch runtime's), ``y``
+float32 ``[B, 4 + nc, anchors]``. The network is the exported layer graph run by :meth:`Graph.run
+<models.networks.graph.Graph.run>` with :class:`NumpyOps`, one method per node kind, the same integer arithmetic
+as the torch runtime (see :mod:`models.inference.export`):
+
+* activations are channel-major, ``[C, T, B, h, w]``, so a conv over all T steps and B streams is one GEMM
+  ``W [Cout, Cin·k·k] @ cols [Cin·k·k, T·B·h·w]`` whose result is the next layer's layout (no transposes). The GEMM
+  runs in float32 on integer codes and integer inputs with partial sums below 2^24 (checked at export), so it is
+  exact, as in the torch runtime. im2col is a compiled kernel; 1×1 stride-1 convs are a plain matmul;
+* the first conv is event-driven (work ∝ events) on sparse histograms, as in the torch runtime;
+* the LIF and requantization are the compiled kernels of :mod:`models.inference.kernels`;
+* the residual and FPN sums are int64 adds, in place where the graph says no one else reads the current;
+* the Detect head is :class:`~models.inference.numpy_detect.NumpyDetect` (float32, agrees with the torch runtime's
+  head to float32 rounding), and :func:`~models.inference.numpy_detect.non_max_suppression` is ultralytics' NMS.
+
+Batches: B independent streams in one call, each with the results it gets alone. Thread-safe for independent
+states: the runtime is only read (but for the head's anchor cache, filled idempotently), every call returns a new
+state, and the compiled kernels and BLAS release the GIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from models.inference.kernels import (
+    im2col_kernel,
+    lif_cm_kernel,
+    map_kernel,
+    scatter_bytes_cm_kernel,
+    scatter_spikes_kernel,
+)
+from models.inference.numpy_detect import NumpyDetect, non_max_suppression
+from models.inference.spq import ExportFormatError, read_spq, unpack_codes
+from models.networks.graph import Graph, Node
+
+try:  # caps BLAS threads per call (see NumpyRuntime); optional: without it BLAS keeps its own default
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - threadpoolctl comes with the scientific stack
+    ThreadpoolController = None
+
+State = dict[str, np.ndarray]
+SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven first conv (as the torch runtime)
+SPARSE_SPIKES = 0.10  # spike maps up to this density take the event-driven k×k conv (end to end 1.12 vs 1.22× torch)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpqConfig:
+    """What a streaming pipeline needs of an exported model's detector config, read without torch; ``detector`` is
+    the whole stored config (a dict, as ``DetectorConfig.to_dict`` wrote it)."""
+
+    bins: int
+    window_us: int
+    input_height: int
+    input_width: int
+    cutoff: int
+    reg_max: int
+    class_names: tuple[str, ...]
+    detector: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, detector: Mapping[str, Any]) -> SpqConfig:
+        """The config of a ``.spq`` header's ``detector`` entry."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("class_names", "detector")]
+        return cls(**{k: int(detector[k]) for k in names}, class_names=tuple(map(str, detector["class_names"])),
+                   detector=dict(detector))
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(height, width) of the network input after padding to a multiple of 32."""
+        return -(-self.input_height // 32) * 32, -(-self.input_width // 32) * 32
+
+
+class _Conv:
+    """An integer conv: weights as float32 codes ``[Cout, Cin·k·k]`` (the GEMM's), its fixed-point map ``(M, R, s)``."""
+
+    def __init__(self, spec: Mapping[str, Any], tensors: dict[str, np.ndarray], name: str) -> None:
+        shape = (spec["out_channels"], spec["in_channels"], *spec["kernel"])
+        codes = unpack_codes(tensors[f"{name}.weight"], spec["bits"], int(np.prod(shape))).reshape(shape)
+        self.weight = np.ascontiguousarray(codes.reshape(shape[0], -1), dtype=np.float32)
+        # [Cin, k, k, Cout]: the event-driven conv adds one input's Cout weights at a time
+        self.scatter_weight = np.ascontiguousarray(codes.transpose(1, 2, 3, 0), dtype=np.float32)
+        self.map = _map(tensors, name)
+        self.out_channels, self.kernel = shape[0], shape[2]
+        stride, padding = tuple(spec["stride"]), tuple(spec["padding"])
+        if shape[2] != shape[3] or len(set(stride)) != 1 or len(set(padding)) != 1:
+            raise ValueError(f"conv {name!r}: square kernels with equal strides and paddings only, got {spec}")
+        self.stride, self.padding = stride[0], padding[0]
+        self.output = spec["output"]
+        if self.output not in ("theta", "real"):
+            raise ValueError(f"conv {name!r}: output units {self.output!r}")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return ((height + 2 * self.padding - self.kernel) // self.stride + 1,
+                (width + 2 * self.padding - self.kernel) // self.stride + 1)
+
+
+def _map(tensors: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed-point map's int64 ``(M, R, s)`` ``[C]``, as the compiled kernels take them."""
+    return tuple(np.ascontiguousarray(tensors[f"{name}.{k}"], dtype=np.int64).reshape(-1)
+                 for k in ("multiplier", "bias", "shift"))
+
+
+class _LIF:
+    """An integer LIF's constants (θ units ``Q(F)``; see :class:`models.inference.runtime.IntLIF`)."""
+
+    def __init__(self, spec: Mapping[str, Any], tensors: dict[str, np.ndarray], name: str, frac_bits: int) -> None:
+        self.channels = spec["channels"]
+        self.map = _map(tensors, name) if spec["input"] == "stream" else None
+        self.one = 1 << frac_bits
+        self.leak_shift = -1 if spec["leak_shift"] is None else spec["leak_shift"]
+        self.step_shift = spec["step_shift"]
+        self.low, self.high = spec["code_min"] << self.step_shift, spec["code_max"] << self.step_shift
+        self.half = 1 << (self.step_shift - 1)
+        self.hard_reset = spec["reset"] == "hard"
+
+
+class NumpyRuntime:
+    """An exported integer detector without torch: ``runtime(x, state) -> (y, state)`` and ``init_state()``.
+
+    ``x`` is uint8 ``[T, B, 2, H, W]`` (the histogram's counts, ``(H, W)`` = :attr:`config`'s ``padded_size``);
+    ``state`` a flat dict ``{lif name: int8 [B, C, h, w]}`` or None for a fresh one; ``y`` float32 ``[B, 4 + nc,
+    anchors]`` (xywh pixels, sigmoid scores). Raises ValueError for a malformed input or state.
+
+    ``blas_threads`` caps the BLAS threads of each call (default 1; None: leave BLAS as it is). The GEMMs here are
+    small, and OpenBLAS splitting them over threads that compete with other work for a few cores made a window
+    2–4× slower on the shared 2-core machine (measured); concurrency across streams comes from batching and from
+    callers' threads (the kernels and BLAS release the GIL).
+    """
+
+    def __init__(self, meta: dict[str, Any], tensors: dict[str, np.ndarray], source: Path | None = None,
+                 blas_threads: int | None = 1) -> None:
+        try:
+            self.config = SpqConfig.from_dict(meta["detector"])
+            graph = Graph.from_description(meta["graph"])
+            self.convs = {n.name: _Conv(n.attrs, tensors, n.name) for n in graph.of_kind("conv")}
+            self.lifs = {n.name: _LIF(n.attrs, tensors, n.name, meta["frac_bits"]) for n in graph.of_kind("lif")}
+            (detect,) = graph.of_kind("detect")
+            self.head = NumpyDetect(tensors, detect.attrs["head_weights"], detect.attrs["strides"],
+                                    self.config.reg_max, len(self.config.class_names))
+            if len(detect.inputs) != len(detect.attrs["strides"]):
+                raise ValueError(f"detect reads {len(detect.inputs)} levels with {detect.attrs['strides']} strides")
+        except (KeyError, TypeError, ValueError) as exc:
+            where = f"{source}: " if source else ""
+            raise ExportFormatError(f"{where}inconsistent integer model ({type(exc).__name__}: {exc})") from exc
+        self.graph = graph
+        self.source = source
+        self.ops = NumpyOps(self)
+        self.state_shapes = graph.state_shapes(*self.config.padded_size)
+        self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
+        self.blas_threads = blas_threads
+        self._blas = ThreadpoolController() if blas_threads is not None and ThreadpoolController else None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], blas_threads: int | None = 1) -> Self:
+        """The runtime of an exported ``.spq`` file (see :func:`models.inference.spq.read_spq` for the errors)."""
+        meta, tensors = read_spq(path)
+        return cls(meta, tensors, Path(path), blas_threads)
+
+    def __call__(self, x: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
+        height, width = self.config.padded_size
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
+            raise ValueError(f"expected uint8 counts, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.ndim != 5 or x.shape[2] != 2 or x.shape[-2:] != (height, width) or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"expected input [T, B, 2, {height}, {width}], got {tuple(x.shape)}")
+        state = self.init_state(x.shape[1]) if state is None else state
+        limit = (self._blas.limit(limits=self.blas_threads, user_api="blas") if self._blas is not None
+                 else contextlib.nullcontext())
+        with limit:
+            return self.graph.run(self.ops, np.ascontiguousarray(x), state)
+
+    def init_state(self, batch: int = 1) -> State:
+        """A fresh state (all membrane codes 0) for ``batch`` streams."""
+        return {name: np.zeros((batch, *shape), dtype=np.int8) for name, shape in self.state_shapes.items()}
+
+    def detect(self, x: np.ndarray, state: State | None = None, conf_thres: float = 0.25, iou_thres: float = 0.6,
+               max_det: int = 100) -> tuple[list[np.ndarray], State]:
+        """Network and NMS: per stream ``[n, 6]`` rows ``x1, y1, x2, y2, score, class`` in input pixels, new state."""
+        y, state = self(x, state)
+        return non_max_suppression(y, conf_thres, iou_thres, max_det), state
+
+
+class NumpyOps:
+    """The runtime's integer arithmetic in numpy and numba, node kind by node kind, on channel-major arrays.
+
+    A conv whose map has θ folded in (``output == "theta"``) hands its float32 accumulators ``[C, T, B, h, w]`` to
+    the one LIF that reads it, which applies the conv's map; every other conv outputs ``Q(F)`` int64 currents.
+    """
+
+    def __init__(self, runtime: NumpyRuntime) -> None:
+        self.convs, self.lifs, self.head = runtime.convs, runtime.lifs, runtime.head
+        graph = runtime.graph
+        self.events = graph.nodes[0].name  # the input node: the event histogram [T, B, 2, H, W], not channel-major
+        self.sparse_spikes = SPARSE_SPIKES
+        # currents read by one node only (and not the caller's input): a join may add into them in place
+        self.owned = {n.name for n in graph.nodes[1:] if len(graph.readers(n.name)) == 1}
+
+    def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
+        conv = self.convs[node.name]
+        acc = self._first(conv, x) if node.inputs[0] == self.events else self._gemm(conv, x)
+        if conv.output == "theta":
+            return acc  # [Cout, T, B, h, w] float32, mapped by the reading LIF
+        out = np.empty(acc.shape, dtype=np.int64)
+        map_kernel(acc.reshape(1, len(acc), -1), *conv.map, out.reshape(1, len(acc), -1))
+        return out
+
+    def _gemm(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
+        """Accumulators ``[Cout, T, B, h, w]`` of channel-major 0/1 spikes ``x [Cin, T, B, H, W]`` (float32)."""
+        cin, t, b, height, width = x.shape
+        h, w = conv.output_size(height, width)
+        if conv.kernel == 1 and conv.stride == 1 and conv.padding == 0:
+            cols = x.reshape(cin, -1)  # a 1×1 conv is a matmul: no copy
+        elif conv.kernel > 1 and np.count_nonzero(x) <= self.sparse_spikes * x.size:
+            # few spikes: each adds its Cout weights to the outputs it reaches ([T·B, h, w, Cout], channels last)
+            out = np.zeros((t * b, h, w, conv.out_channels), dtype=np.float32)
+            scatter_spikes_kernel(x.reshape(cin, t * b, height, width), conv.scatter_weight, conv.stride,
+                                  conv.padding, out)
+            return np.ascontiguousarray(out.transpose(3, 0, 1, 2)).reshape(conv.out_channels, t, b, h, w)
+        else:
+            cols = np.empty((cin * conv.kernel**2, t * b * h * w), dtype=np.float32)
+            im2col_kernel(x.reshape(cin, t * b, height, width), conv.kernel, conv.stride, conv.padding, cols)
+        return (conv.weight @ cols).reshape(conv.out_channels, t, b, h, w)
+
+    def _first(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
+        """The first conv over the histogram ``x [T, B, 2, H, W]`` uint8: event-driven when sparse, else a GEMM."""
+        t, b, cin, height, width = x.shape
+        h, w = conv.output_size(height, width)
+        if np.count_nonzero(x) <= SPARSE_INPUT * x.size and x.size % 8 == 0:
+            acc = np.zeros((conv.out_channels, t, b, h, w), dtype=np.float32)
+            scatter_bytes_cm_kernel(x.reshape(t * b, cin, height, width), conv.scatter_weight, conv.stride,
+                                    conv.padding, acc.reshape(conv.out_channels, t * b, h, w))
+            return acc
+        cols = np.empty((cin * conv.kernel**2, t * b * h * w), dtype=np.float32)
+        # [Cin, T·B, H, W] view of the input: im2col reads it in place
+        im2col_kernel(x.reshape(t * b, cin, height, width).transpose(1, 0, 2, 3), conv.kernel, conv.stride,
+                      conv.padding, cols)
+        return (conv.weight @ cols).reshape(conv.out_channels, t, b, h, w)
+
+    def lif(self, node: Node, x: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c, t, b = x.shape[:3]
+        shape = (b, c, *x.shape[3:])
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.shape != shape:
+            raise ValueError(f"state {node.name!r}: expected int8 {shape}, got "
+                             f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}")
+        lif = self.lifs[node.name]
+        input_map = lif.map if lif.map is not None else self.convs[node.inputs[0]].map
+        new = np.array(codes, order="C", copy=True)
+        spikes = np.empty(x.shape, dtype=np.float32)
+        lif_cm_kernel(x.reshape(c, t, b, -1), *input_map, new.reshape(b, c, -1), spikes.reshape(c, t, b, -1),
+                      lif.one, lif.leak_shift, lif.low, lif.high, lif.half, lif.step_shift, lif.hard_reset)
+        return spikes, new
+
+    def add(self, node: Node, *xs: np.ndarray) -> np.ndarray:
+        total = xs[0] if node.inputs[0] in self.owned else xs[0].copy()
+        for x in xs[1:]:
+            total += x
+        return total
+
+    def upsample_add(self, node: Node, fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """``fine + nearest-upsampled coarse`` for int64 ``[C, T, B, h, w]`` currents (source index ``floor(dst ·
+        in / out)``); for an integer factor with the coarse value broadcast over each block (no upsampled copy)."""
+        (h, w), (ch, cw) = fine.shape[-2:], coarse.shape[-2:]
+        out = fine if node.inputs[0] in self.owned and fine.flags.c_contiguous else fine.copy()
+        if h % ch or w % cw:
+            rows, cols = np.arange(h) * ch // h, np.arange(w) * cw // w
+            out += coarse[..., rows[:, None], cols]
+        else:
+            out.reshape(*out.shape[:-2], ch, h // ch, cw, w // cw)[...] += coarse[..., :, None, :, None]
+        return out
+
+    def rate(self, node: Node, spikes: np.ndarray) -> np.ndarray:
+        # spike count / T as the torch runtime's mean (an exact count, one division): [C, T, B, h, w] → [C, B, h, w]
+        return spikes.sum(1) / np.float32(spikes.shape[1])
+
+    def detect(self, node: Node, *rates: np.ndarray) -> np.ndarray:
+        return self.head(list(rates))
