@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from importlib import import_module
 
 # Each module defines `add_parser(subparsers)` (which sets `func` on its parser) and is listed here once.
-COMMAND_MODULES = ("info", "synth", "show", "train", "eval", "predict", "score", "serve", "export", "prune", "report")
+COMMAND_MODULES = ("info", "synth", "show", "train", "eval", "predict", "score", "serve", "stream", "export", "prune",
+                   "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

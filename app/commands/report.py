@@ -1,9 +1,13 @@
-"""``spquant report [--model PATH] [--data ROOT] [--json]``: params, memory, FLOPs, SynOps and firing of a detector.
+"""``spquant report [--model PATH] [--data ROOT] [--json] [--plot P.png]``: params, memory, FLOPs, SynOps, energy and
+firing of a detector.
 
 Memory: weights at their configured bits (packed) and the per-stream membrane state (packed, int8) against the FP32
 dense model of the same scale. FLOPs per window with the SpQuant-SNN accounting (conv over kept channels and active
 positions + membrane updates over non-zero states) against the dense count; firing rates and SynOps are measured by
-streaming recordings through the model (the bundled sample by default, or ``--data ROOT``'s split).
+streaming recordings through the model (the bundled sample by default, or ``--data ROOT``'s split). Energy per
+window: SynOps of convs reading spikes × E_AC (0.9 pJ) plus MACs of the convs reading event counts (the first) or
+firing rates (the head) × E_MAC (4.6 pJ), 32-bit float at 45 nm (Horowitz, ISSCC 2014), against the dense FP32
+network's every MAC × E_MAC. The plot is drawn only with ``--plot PATH``.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="split of --data")
     parser.add_argument("--windows", type=int, default=200, help="windows measured (0 = every window)")
     parser.add_argument("--tile", type=int, default=1, help="spatial gating tile size in output positions")
-    parser.add_argument("--plot", type=Path, default=Path("report.png"),
-                        help="PNG of per-layer firing rates and kept channels ('none' to skip)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="write a PNG of per-layer firing rates, kept channels and energy here (default: no plot; "
+                             "'none' is accepted and also draws none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     recordings = [r.events for r in list_recordings(args.data, args.split)] if args.data else [SAMPLE]
     report = model_report(model, recordings, args.windows, args.tile, progress=not args.json)
     report["measured_on"] = str(args.data / args.split) if args.data else str(SAMPLE)
-    if str(args.plot) != "none":
+    if args.plot is not None and str(args.plot) != "none":
         plot_report(report, args.plot)
         report["plot"] = str(args.plot)
     print(json.dumps(report) if args.json else format_report(report))
@@ -72,22 +77,44 @@ def format_report(report: dict[str, Any]) -> str:
         f"({report['flops_reduction_channels']:.2f}x from channels)",
         f"SynOps / window {report['synops'] / 1e6:>10.2f} M    (spiking layers; head FLOPs "
         f"{report['head_flops_effective'] / 1e6:.2f} M)",
+        *format_energy(report),
         "",
-        f"{'layer':34s} {'kind':8s} {'channels':>9s} {'rate':>6s} {'active':>7s} {'MFLOPs':>8s} {'dense':>8s}",
+        f"{'layer':34s} {'kind':8s} {'channels':>9s} {'rate':>6s} {'active':>7s} {'MFLOPs':>8s} {'dense':>8s} "
+        f"{'op':>4s} {'uJ':>8s}",
     ]
     for row in report["layers"]:
         rate = f"{row['firing_rate']:.3f}" if "firing_rate" in row else ""
         lines.append(
             f"{row['name']:34s} {row['kind']:8s} {row['channels']:>4d}/{row['channels_dense']:<4d} {rate:>6s} "
-            f"{row['active_fraction']:>7.3f} {row['flops_effective'] / 1e6:>8.3f} {row['flops_dense'] / 1e6:>8.3f}"
+            f"{row['active_fraction']:>7.3f} {row['flops_effective'] / 1e6:>8.3f} {row['flops_dense'] / 1e6:>8.3f} "
+            f"{row['energy_op'].replace('none', ''):>4s} {row['energy_uj']:>8.4f}"
         )
     if "plot" in report:
         lines.append(f"\nplot: {report['plot']}")
     return "\n".join(lines)
 
 
+def format_energy(report: dict[str, Any]) -> list[str]:
+    """The energy lines: per-window estimate, the FP32 dense reference, the constants, their source and what integer
+    units would change."""
+    c = report["energy_constants"]
+    h = c["horowitz_pj"]
+    return [
+        f"energy / window {report['energy_uj_per_window']:>10.3f} uJ   FP32 dense "
+        f"{report['energy_uj_per_window_fp32_dense']:.3f} uJ; {report['energy_reduction']:.2f}x less",
+        f"  E_MAC {c['e_mac_pj']} pJ, E_AC {c['e_ac_pj']} pJ (32-bit float, 45 nm; {c['source']}): SynOps x E_AC for "
+        "convs reading spikes, MACs x E_MAC for the first conv (event counts) and the head (rates); membrane "
+        "updates and memory traffic not counted",
+        f"  on integer units (same paper: int8 add {h['int8_add']}, int32 add {h['int32_add']}, int8 mult "
+        f"{h['int8_mult']}, int32 mult {h['int32_mult']} pJ; fp32 add {h['fp32_add']}, mult {h['fp32_mult']} pJ): "
+        f"int8 MAC {c['int_e_mac_pj']:.2f} pJ, int32 AC {c['int_e_ac_pj']} pJ -> "
+        f"{report['energy_uj_per_window_int']:.3f} uJ / window",
+    ]
+
+
 def plot_report(report: dict[str, Any], path: Path) -> None:
-    """Two panels: firing rate per spiking layer, and kept vs unpruned width per channel group."""
+    """Three panels: firing rate per spiking layer, kept vs unpruned width per channel group, energy per layer (with
+    the total beside the dense FP32 reference)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +122,10 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 
     neurons = [row for row in report["layers"] if row["kind"] == "membrane"]
     groups = report["channels"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8))
+    fig = plt.figure(figsize=(11, 12))
+    grid = fig.add_gridspec(3, 5)
+    top, bottom = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, :])
+    energy, totals = fig.add_subplot(grid[2, :4]), fig.add_subplot(grid[2, 4])
     top.bar(range(len(neurons)), [row["firing_rate"] for row in neurons], color="tab:orange")
     top.set_xticks(range(len(neurons)), [row["name"].replace("backbone.", "") for row in neurons], rotation=60,
                    ha="right", fontsize=7)
@@ -106,6 +136,16 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     bottom.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     bottom.set(ylabel="channels", title="channels kept per group")
     bottom.legend()
+    convs = [row for row in report["layers"] if row["energy_op"] != "none"]
+    colors = ["tab:green" if row["energy_op"] == "AC" else "tab:red" for row in convs]
+    energy.bar(range(len(convs)), [row["energy_uj"] for row in convs], color=colors)
+    energy.set_xticks(range(len(convs)), [row["name"].replace("backbone.", "") for row in convs], rotation=60,
+                      ha="right", fontsize=6)
+    energy.set(ylabel="uJ per window", title="energy per conv (green: SynOps x 0.9 pJ, red: MACs x 4.6 pJ)")
+    totals.bar([0, 1], [report["energy_uj_per_window"], report["energy_uj_per_window_fp32_dense"]],
+               color=["tab:blue", "lightgray"])
+    totals.set_xticks([0, 1], ["this model", "FP32 dense"], rotation=30, ha="right", fontsize=8)
+    totals.set(title=f"{report['energy_reduction']:.1f}x less")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

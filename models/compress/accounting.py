@@ -11,6 +11,11 @@
 - **SynOps**: non-zero inputs × fan-out of every spiking-layer conv (the head is counted in FLOPs only).
 - **Memory**: weights at their configured bits, packed (quantized convs at their bits, everything else FP32) vs FP32;
   the membrane state one stream holds, packed at the level grid's bits, as int8 codes, and as FP32.
+- **Energy** (the SNN literature's estimate): a conv that reads binary spikes costs its SynOps × E_AC (an input
+  spike only adds its weights); a conv that reads non-binary values — the first conv (event counts) and the Detect
+  head (firing rates) — costs its effective MACs × E_MAC. Membrane updates, memory traffic and NMS are not counted.
+  E_MAC = 4.6 pJ and E_AC = 0.9 pJ are 32-bit float multiply + add and add at 45 nm (Horowitz, ISSCC 2014). The
+  reference is the dense FP32 network run as an ANN would run it: every MAC of every conv × E_MAC.
 
 The dense FP32 baseline of the same scale and input size is the reference of both reductions.
 """
@@ -34,6 +39,17 @@ from models.networks.neuron import IntegerLIF, MembraneHook
 from models.networks.quant import QuantConv2d
 
 FP32_BYTES = 4
+# Energy per operation at 45 nm, 0.9 V: M. Horowitz, "Computing's energy problem (and what we can do about it)",
+# ISSCC 2014, pp. 10-14, doi:10.1109/ISSCC.2014.6757323 (table of arithmetic energies).
+ENERGY_SOURCE = "M. Horowitz, Computing's energy problem (and what we can do about it), ISSCC 2014, 45 nm"
+E_MAC_PJ = 4.6  # fp32 mult 3.7 + fp32 add 0.9
+E_AC_PJ = 0.9  # fp32 add
+HOROWITZ_PJ = {"int8_add": 0.03, "int32_add": 0.1, "int8_mult": 0.2, "int32_mult": 3.1, "fp32_add": 0.9,
+               "fp32_mult": 3.7}
+# Integer units: an int8 × int8 product accumulated in int32 (MAC), an int32 accumulation of a weight (AC).
+E_MAC_INT8_PJ = HOROWITZ_PJ["int8_mult"] + HOROWITZ_PJ["int32_add"]
+E_AC_INT_PJ = HOROWITZ_PJ["int32_add"]
+_PJ_TO_UJ = 1e-6
 
 
 @dataclasses.dataclass
@@ -44,6 +60,7 @@ class LayerCount:
     kind: str  # "conv" | "membrane"
     channels: int  # output channels (conv) or neurons per position (membrane)
     spiking: bool = True  # part of the SNN (runs every time step) rather than the head
+    binary_input: bool = False  # a conv that reads spikes (costs accumulates) rather than counts or rates (MACs)
     flops: float = 0.0  # at this model's widths, every position
     effective: float = 0.0  # gated positions (conv) or non-zero states (membrane)
     synops: float = 0.0  # non-zero inputs × fan-out (spiking convs)
@@ -65,6 +82,18 @@ class LayerCount:
     def firing_rate(self) -> float:
         """Spikes per neuron and time step (membrane layers)."""
         return self.spikes / self.flops if self.kind == "membrane" and self.flops else 0.0
+
+    def energy_ops(self) -> tuple[str, float]:
+        """``("AC", SynOps)`` for a conv reading spikes, ``("MAC", effective MACs)`` for one reading counts or rates,
+        ``("none", 0)`` for a membrane (not counted)."""
+        if self.kind != "conv":
+            return "none", 0.0
+        return ("AC", self.synops) if self.binary_input else ("MAC", self.effective)
+
+    def energy_pj(self, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ) -> float:
+        """This layer's energy estimate in pJ (see the module docstring)."""
+        op, count = self.energy_ops()
+        return count * {"AC": e_ac, "MAC": e_mac, "none": 0.0}[op]
 
 
 def _active_positions(x: Tensor, conv: nn.Conv2d, out_hw: tuple[int, int], tile: int) -> Tensor:
@@ -96,7 +125,8 @@ class FlopsCounter:
         self._handles.append(self.model.register_forward_pre_hook(self._count_window))
         for node in self.model.graph:
             if node.kind == "conv":
-                self._watch_conv(f"{node.name}.conv", node.module.conv, spiking=True)
+                reads_spikes = self.model.graph[node.inputs[0]].kind == "lif"
+                self._watch_conv(f"{node.name}.conv", node.module.conv, spiking=True, binary_input=reads_spikes)
             elif node.kind == "lif":
                 count = self.counts[node.name] = LayerCount(node.name, "membrane", node.module.channels or 0)
                 self._handles.append(node.module.register_forward_hook(self._spike_hook(count)))
@@ -107,8 +137,8 @@ class FlopsCounter:
                         self._watch_conv(f"{node.name}.{name}", module, spiking=False)
         return self
 
-    def _watch_conv(self, name: str, conv: nn.Conv2d, spiking: bool) -> None:
-        self.counts[name] = LayerCount(name, "conv", conv.out_channels, spiking)
+    def _watch_conv(self, name: str, conv: nn.Conv2d, spiking: bool, binary_input: bool = False) -> None:
+        self.counts[name] = LayerCount(name, "conv", conv.out_channels, spiking, binary_input)
         self._handles.append(conv.register_forward_hook(self._conv_hook(self.counts[name])))
 
     def __exit__(self, *exc: object) -> None:
@@ -128,7 +158,7 @@ class FlopsCounter:
             count.positions += positions
             count.flops += positions * conv.out_channels * kernel
             count.effective += float(active.sum()) * conv.out_channels * kernel
-            if count.spiking:
+            if count.spiking:  # (the first conv too: its SynOps are reported, its energy counts MACs)
                 # inputs in each receptive field, summed: a non-zero input reaches C_out/g outputs per kernel tap
                 ones = torch.ones(1, 1, *conv.kernel_size, dtype=torch.float32, device=x.device)
                 reach = F.conv2d(x.ne(0).sum(1, keepdim=True).float(), ones, None, conv.stride, conv.padding,
@@ -253,6 +283,8 @@ def model_report(
     fp32_memory = mem["fp32_weight_bytes"] + mem["fp32_state_bytes"]
     cfg = model.config
     dense_widths = dataclasses.replace(cfg, channels=()).widths()
+    energy = sum(c.energy_pj() for c in layers) * _PJ_TO_UJ
+    energy_dense = sum(c.flops for c in dense.values() if c.kind == "conv") * E_MAC_PJ * _PJ_TO_UJ
     return {
         "model": {"variant": cfg.variant, "scale": cfg.scale, "input": [cfg.input_width, cfg.input_height],
                   "bins": cfg.bins, "pruned": cfg.pruned},
@@ -267,6 +299,11 @@ def model_report(
         "flops_reduction_channels": flops_dense / flops_pruned,
         "synops": sum(c.synops for c in layers),
         "head_flops_effective": sum(c.effective for c in layers if not c.spiking),
+        "energy_uj_per_window": energy,
+        "energy_uj_per_window_fp32_dense": energy_dense,
+        "energy_reduction": energy_dense / energy if energy else math.inf,
+        "energy_uj_per_window_int": sum(c.energy_pj(E_MAC_INT8_PJ, E_AC_INT_PJ) for c in layers) * _PJ_TO_UJ,
+        "energy_constants": energy_constants(),
         "windows": windows,
         "tile": tile,
         "channels": {name: [width, dense_widths[name]] for name, width in cfg.widths().items()},
@@ -274,7 +311,20 @@ def model_report(
     }
 
 
+def energy_constants() -> dict[str, Any]:
+    """The energy model's figures and their source (printed by ``spquant report``, kept in its JSON)."""
+    return {
+        "e_mac_pj": E_MAC_PJ, "e_ac_pj": E_AC_PJ, "source": ENERGY_SOURCE, "horowitz_pj": dict(HOROWITZ_PJ),
+        "int_e_mac_pj": E_MAC_INT8_PJ, "int_e_ac_pj": E_AC_INT_PJ,
+        "rule": "convs reading spikes: SynOps x E_AC; first conv (event counts) and head (firing rates): effective "
+                "MACs x E_MAC; membrane updates and memory traffic not counted; FP32 dense: every MAC x E_MAC",
+        "int_rule": "energy_uj_per_window_int: the same operations on integer units, int8 mult + int32 add per MAC, "
+                    "int32 add per accumulate",
+    }
+
+
 def _layer_row(count: LayerCount, dense: LayerCount | None) -> dict[str, Any]:
+    op, ops = count.energy_ops()
     row = {
         "name": count.name,
         "kind": count.kind,
@@ -284,6 +334,9 @@ def _layer_row(count: LayerCount, dense: LayerCount | None) -> dict[str, Any]:
         "flops": count.flops,
         "flops_effective": count.effective,
         "active_fraction": round(count.active_fraction, 4),
+        "energy_op": op,
+        "energy_ops": ops,
+        "energy_uj": count.energy_pj() * _PJ_TO_UJ,
     }
     if count.kind == "membrane":
         row["firing_rate"] = round(count.firing_rate, 4)
