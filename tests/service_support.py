@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +64,28 @@ def running_server(settings: Settings, timeout_s: float = 30.0) -> Iterator[str]
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+@contextmanager
+def serve_process(checkpoint: Path, timeout_s: float = 90.0, **env: str) -> Iterator[int]:
+    """A real ``spquant serve`` subprocess serving ``checkpoint`` on a free port (``env``: more ``SPQUANT_*``
+    settings); yields the port once ``/healthz`` answers ok, terminates it on exit."""
+    port = free_port()
+    environ = {**os.environ, "SPQUANT_MODEL": str(checkpoint), "SPQUANT_PORT": str(port), **env}
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=environ, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    assert json.load(response)["status"] == "ok"
+                    break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()
+                assert time.monotonic() < deadline, f"server did not come up in {timeout_s:.0f} s"
+                time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)

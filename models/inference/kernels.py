@@ -25,19 +25,25 @@ def lif_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndar
             for p in range(positions):
                 level[p] = codes[b, c, p]
             for t in range(steps):
-                xt, st = x[t, b, c], spikes[t, b, c]
-                for p in range(positions):
-                    u = (np.int64(xt[p]) * m + r) >> s
-                    if leak_shift >= 0:
-                        u += level[p] << leak_shift
-                    fired = u > one
-                    st[p] = np.float32(fired)
-                    if not hard:
-                        u -= one * fired
-                    code = (min(max(u, low), high) + half) >> step_shift
-                    level[p] = 0 if (hard and fired) else code
+                _lif_step(x[t, b, c], spikes[t, b, c], level, m, r, s, one, leak_shift, low, high, half, step_shift,
+                          hard)
             for p in range(positions):
                 codes[b, c, p] = level[p]
+
+@njit(cache=True, nogil=True, inline="always")
+def _lif_step(xt: np.ndarray, st: np.ndarray, level: np.ndarray, m: int, r: int, s: int, one: int, leak_shift: int,
+              low: int, high: int, half: int, step_shift: int, hard: bool) -> None:  # pragma: no cover - compiled
+    # one time step of one channel's neurons: xt [P] input, st [P] spikes out, level [P] int64 codes updated in place
+    for p in range(xt.shape[0]):
+        u = (np.int64(xt[p]) * m + r) >> s
+        if leak_shift >= 0:
+            u += level[p] << leak_shift
+        fired = u > one
+        st[p] = np.float32(fired)
+        if not hard:
+            u -= one * fired
+        code = (min(max(u, low), high) + half) >> step_shift
+        level[p] = 0 if (hard and fired) else code
 
 
 @njit(cache=True, nogil=True)
@@ -121,17 +127,8 @@ def lif_cm_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.n
             for p in range(positions):
                 level[p] = codes[b, c, p]
             for t in range(steps):
-                xt, st = x[c, t, b], spikes[c, t, b]
-                for p in range(positions):
-                    u = (np.int64(xt[p]) * m + r) >> s
-                    if leak_shift >= 0:
-                        u += level[p] << leak_shift
-                    fired = u > one
-                    st[p] = np.float32(fired)
-                    if not hard:
-                        u -= one * fired
-                    code = (min(max(u, low), high) + half) >> step_shift
-                    level[p] = 0 if (hard and fired) else code
+                _lif_step(x[c, t, b], spikes[c, t, b], level, m, r, s, one, leak_shift, low, high, half, step_shift,
+                          hard)
             for p in range(positions):
                 codes[b, c, p] = level[p]
 

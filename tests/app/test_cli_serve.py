@@ -1,17 +1,13 @@
 """``spquant serve``: argument and environment handling, and a real server process answering /healthz."""
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
 import uvicorn
 
 from app.cli import main
-from tests.service_support import free_port, tiny_checkpoint
+from tests.service_support import serve_process, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +33,6 @@ def test_serve_reports_a_missing_model_cleanly(tmp_path, capsys):
 
 
 def test_serve_runs_a_real_server(checkpoint, tmp_path):
-    port = free_port()
-    env = {**os.environ, "SPQUANT_MODEL": str(checkpoint), "SPQUANT_PORT": str(port)}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    assert json.load(response)["status"] == "ok"
-                    break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, "server did not come up in 60 s"
-                time.sleep(0.2)
-    finally:
-        process.terminate()
-        process.wait(30)
+    with serve_process(checkpoint, timeout_s=60) as port:
+        response = urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=10)
+        assert json.load(response)["variant"] == "spquant"

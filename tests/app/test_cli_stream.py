@@ -2,12 +2,7 @@
 ``spquant serve`` process and the in-process app), stdin RAW input, and every way a session ends badly."""
 
 import io
-import json
-import os
-import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -23,7 +18,7 @@ from service.settings import Settings
 from tests.helpers import random_events
 from tests.service_support import TINY_HEIGHT as H
 from tests.service_support import TINY_WIDTH as W
-from tests.service_support import free_port, running_server, tiny_checkpoint
+from tests.service_support import free_port, running_server, serve_process, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -57,26 +52,8 @@ def predicted(checkpoint, recording, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(checkpoint):
     """A real `spquant serve` process on a free port (the fake-quant model: what `spquant predict X.pt` runs)."""
-    port = free_port()
-    env = {**os.environ, "SPQUANT_MODEL": str(checkpoint), "SPQUANT_PORT": str(port), "SPQUANT_INTEGER": "0",
-           "OMP_WAIT_POLICY": "PASSIVE"}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    assert json.load(response)["status"] == "ok"
-                    break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, "server did not come up in 90 s"
-                time.sleep(0.2)
+    with serve_process(checkpoint, SPQUANT_INTEGER="0", OMP_WAIT_POLICY="PASSIVE") as port:
         yield f"ws://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @pytest.fixture(scope="module")
