@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from models.inference.stream import WindowJob, step_batch
+from models.inference.stream import SpikeMeter, WindowJob, step_batch
 
-Result = tuple[np.ndarray, Any]
+Result = tuple[np.ndarray, Any, float]  # boxes, new state, the window's firing rate
 
 
 class WindowBatcher:
@@ -37,7 +37,7 @@ class WindowBatcher:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def step(self, job: WindowJob) -> Result:
-        """``(boxes, new state)`` of one window, computed in a batch with whatever else is waiting."""
+        """``(boxes, new state, firing rate)`` of one window, computed in a batch with whatever else is waiting."""
         loop = asyncio.get_running_loop()
         if self._queue is None:  # started lazily: the queue and workers belong to the loop that serves requests
             self._queue = asyncio.Queue()
@@ -82,7 +82,9 @@ def run_isolated(jobs: list[WindowJob]) -> list[Result | Exception]:
     """:func:`step_batch`, falling back to one job at a time when the batch fails, so that a job that cannot run
     fails alone (its exception in its place) and the others still get their results."""
     try:
-        return list(step_batch(jobs))
+        meter = SpikeMeter()
+        results = step_batch(jobs, meter)
+        return [(boxes, state, rate) for (boxes, state), rate in zip(results, meter.rates(), strict=True)]
     except Exception as exc:
         if len(jobs) == 1:
             return [exc]

@@ -69,8 +69,9 @@ class DetectionEngine:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def step(self, detector: StreamingDetector, events: np.ndarray, t_start: int, state: Any) -> tuple[
-            np.ndarray, Any]:
-        """One window of one stream, batched with the other streams' waiting windows; returns (boxes, new state)."""
+            np.ndarray, Any, float]:
+        """One window of one stream, batched with the other streams' waiting windows: (boxes, new state, the
+        network's firing rate in that window)."""
         return await self._batcher.step(WindowJob(detector, events, t_start, state))
 
     def warm_up(self) -> None:

@@ -32,6 +32,7 @@ kernels release the GIL.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -250,15 +251,17 @@ class Runtime(nn.Module):
         """Fold a trained detector in memory (what ``export`` then ``load`` gives, without the file)."""
         return cls(*fold(model), backend=backend)
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self.run(x, state, self.ops)
+    def forward(self, x: Tensor, state: State | None = None,
+                observe: Callable[[Node, Any], None] | None = None) -> tuple[Tensor, State]:
+        return self.run(x, state, self.ops, observe)
 
-    def run(self, x: Tensor, state: State | None, ops: ReferenceOps) -> tuple[Tensor, State]:
+    def run(self, x: Tensor, state: State | None, ops: ReferenceOps,
+            observe: Callable[[Node, Any], None] | None = None) -> tuple[Tensor, State]:
         """:meth:`forward` with the given ops (``ReferenceOps(runtime)`` traces the PyTorch-op path for ONNX)."""
         if x.dim() != 5 or x.shape[2] != 2 or tuple(x.shape[-2:]) != self.config.padded_size:
             raise ValueError(f"expected input [T, B, 2, {self.config.padded_size[0]}, {self.config.padded_size[1]}], "
                              f"got {tuple(x.shape)}")
-        return self.graph.run(ops, x, self.init_state(x.shape[1]) if state is None else state)
+        return self.graph.run(ops, x, self.init_state(x.shape[1]) if state is None else state, observe)
 
     def init_state(self, batch: int = 1) -> State:
         """A fresh state (all membrane codes 0) for ``batch`` streams."""

@@ -128,12 +128,38 @@ class WindowJob:
     state: Any = None
 
 
+class SpikeMeter:
+    """Counts the spikes of every LIF node during one forward pass, per stream: pass it as the model's ``observe``.
+
+    :meth:`rates` gives each stream's firing rate, spikes per neuron and time step over the whole network.
+    """
+
+    def __init__(self) -> None:
+        self.spikes: torch.Tensor | None = None  # [B]
+        self.neuron_steps = 0
+
+    def __call__(self, node: Any, value: Any) -> None:
+        if node.kind != "lif":
+            return
+        spikes = torch.as_tensor(value)  # [T, B, C, h, w]
+        counts = spikes.flatten(2).sum(2, dtype=torch.float64).sum(0)  # [B]
+        self.spikes = counts if self.spikes is None else self.spikes + counts
+        self.neuron_steps += spikes.shape[0] * spikes[0, 0].numel()
+
+    def rates(self) -> list[float]:
+        """Spikes per neuron and time step of each stream of the last forward pass."""
+        if self.spikes is None:
+            raise ValueError("the meter has seen no spiking layer; pass it as the model's observe")
+        return (self.spikes / self.neuron_steps).tolist()
+
+
 @torch.inference_mode()
-def step_batch(jobs: Sequence[WindowJob]) -> list[tuple[np.ndarray, Any]]:
+def step_batch(jobs: Sequence[WindowJob], meter: SpikeMeter | None = None) -> list[tuple[np.ndarray, Any]]:
     """:meth:`StreamingDetector.step` for windows of several streams in one forward pass.
 
     The jobs' detectors must share one model; each job keeps its own sensor size, thresholds and state (the states
-    are stacked along the batch dimension and split again). Returns ``(boxes, new state)`` per job, in order.
+    are stacked along the batch dimension and split again). Returns ``(boxes, new state)`` per job, in order; a
+    ``meter`` (:class:`SpikeMeter`) given here counts the pass's spikes per job.
     """
     if not jobs:
         return []
@@ -141,7 +167,9 @@ def step_batch(jobs: Sequence[WindowJob]) -> list[tuple[np.ndarray, Any]]:
     if any(job.detector.model is not model for job in jobs):
         raise ValueError("step_batch: every job's detector must run the same model")
     x = torch.from_numpy(np.stack([job.detector.counts(job.events, job.t_start) for job in jobs], axis=1))
-    y, state = model(x, stack_states([job.state for job in jobs]))  # x [T, B, 2, H, W] → y [B, 4 + nc, anchors]
+    stacked = stack_states([job.state for job in jobs])
+    # x [T, B, 2, H, W] → y [B, 4 + nc, anchors]
+    y, state = model(x, stacked) if meter is None else model(x, stacked, observe=meter)
     states = split_state(state, [1] * len(jobs))
     return [(job.detector.boxes(y[i : i + 1], job.t_start), states[i]) for i, job in enumerate(jobs)]
 

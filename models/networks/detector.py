@@ -10,7 +10,7 @@ layer 8-bit) and ``baseline`` (FP32 weights and membranes, fixed θ).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,8 @@ class SpikingYOLO(nn.Module):
                             Node("head", "detect", tuple(r.name for r in rates), attrs={"strides": list(STRIDES)},
                                  module=self.head)])
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def forward(self, x: Tensor, state: dict[str, Any] | None = None,
+                observe: Callable[[Node, Any], None] | None = None) -> tuple[Any, dict[str, Any]]:
         if x.dim() != 5 or x.shape[2] != 2:
             raise ValueError(f"expected input [T, B, 2, H, W], got {tuple(x.shape)}")
         if x.shape[-2] % 32 or x.shape[-1] % 32:
@@ -274,7 +275,7 @@ class SpikingYOLO(nn.Module):
         if not x.is_floating_point():  # event counts, in the dtype of the first layer
             x = x.to(self.backbone.stem1.conv_bn.conv.weight.dtype)
         try:
-            return self.graph.run(ModuleOps(), x, state)
+            return self.graph.run(ModuleOps(), x, state, observe)
         except GraphError as exc:
             raise ValueError(str(exc)) from exc
 

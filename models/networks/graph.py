@@ -27,7 +27,7 @@ trained (float or fake-quant) model: each node's own module.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # torch only for hints and ModuleOps: the torch-free runtime reads graphs without it
@@ -156,11 +156,13 @@ class Graph:
         """The stateful nodes, whose names key a network state, in graph order."""
         return [n.name for n in self.nodes if n.kind in STATEFUL]
 
-    def run(self, backend: Backend, x: Any, state: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def run(self, backend: Backend, x: Any, state: Mapping[str, Any] | None = None,
+            observe: Callable[[Node, Any], None] | None = None) -> tuple[Any, dict[str, Any]]:
         """Evaluate every node with ``backend``'s ops: ``(output, new state)``.
 
         ``state`` is None (every stateful node starts fresh: it gets None) or a dict keyed by exactly
-        :attr:`state_names`; the new state has the same keys.
+        :attr:`state_names`; the new state has the same keys. ``observe(node, value)``, when given, sees every node's
+        output as it is computed (e.g. a spike counter); it must not change it.
         """
         names = self.state_names
         if state is None:
@@ -178,6 +180,8 @@ class Graph:
                 values[node.name], new[node.name] = getattr(backend, node.kind)(node, *args, state[node.name])
             else:
                 values[node.name] = getattr(backend, node.kind)(node, *args)
+            if observe is not None and node.kind != "input":
+                observe(node, values[node.name])
             for name in drop:
                 del values[name]
         return values[self.output.name], new

@@ -91,11 +91,12 @@ async def _send_windows(websocket: WebSocket, session: StreamSession, engine: De
                         windows: list[Window], received: float) -> None:
     # One window after another: each step needs the state the previous one left.
     for window in windows:
-        boxes, session.state = await engine.step(session.detector, window.events, window.t_start, session.state)
+        boxes, session.state, rate = await engine.step(session.detector, window.events, window.t_start,
+                                                       session.state)
         latency = time.perf_counter() - received  # since the message that completed the window arrived
         await websocket.send_json({"type": "detections", **window_json(window.t_start, window.t_end, boxes,
                                                                         engine.class_names),
-                                   "latency_ms": round(latency * 1000, 3)})
+                                   "latency_ms": round(latency * 1000, 3), "firing_rate": round(rate, 6)})
         engine.metrics.window_latency_seconds.observe(latency)
     engine.metrics.windows.labels(source="stream").inc(len(windows))
 

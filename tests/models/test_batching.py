@@ -10,7 +10,7 @@ import torch
 
 from data.windows import iter_windows
 from models.inference.runtime import Runtime
-from models.inference.stream import StreamingDetector, WindowJob, step_batch
+from models.inference.stream import SpikeMeter, StreamingDetector, WindowJob, step_batch
 from models.networks.checkpoint import load_detector
 from models.networks.state import split_state, stack_states
 from service.batching import WindowBatcher, run_isolated
@@ -78,7 +78,7 @@ def test_stacking_states_of_different_models_is_an_error():
 
 
 def _assert_same_results(got, expected):
-    for (boxes, state), (ref_boxes, ref_state) in zip(got, expected, strict=True):
+    for (boxes, state, *_), (ref_boxes, ref_state) in zip(got, expected, strict=True):
         assert _states_equal(state, ref_state)  # spikes and membranes identical
         assert len(boxes) == len(ref_boxes) and np.array_equal(boxes["class_id"], ref_boxes["class_id"])
         for field in ("t", "x", "y", "w", "h", "class_confidence"):  # the float head may round in the last bit
@@ -159,9 +159,32 @@ def test_batcher_reports_a_failing_job_to_its_caller_only(model):
 
     with ThreadPoolExecutor(1) as executor:
         ok, failed = asyncio.run(main(WindowBatcher(executor, 1, 8)))
-    assert isinstance(failed, TypeError | ValueError) and len(ok) == 2
+    assert isinstance(failed, TypeError | ValueError) and len(ok) == 3  # boxes, state, firing rate
 
 
 def test_batcher_rejects_bad_sizes():
     with ThreadPoolExecutor(1) as executor, pytest.raises(ValueError, match="positive"):
         WindowBatcher(executor, 1, 0)
+
+
+def test_the_spike_meter_gives_each_stream_its_network_firing_rate(model):
+    windows = [s[0] for s in _streams(((W, H), (W, H)), windows=1)]
+    detector = StreamingDetector(model, conf_thres=0.0)
+    jobs = [WindowJob(detector, w.events, w.t_start) for w in windows]
+    meter = SpikeMeter()
+    step_batch(jobs, meter)
+    alone = []
+    for job in jobs:
+        single = SpikeMeter()
+        step_batch([job], single)
+        alone += single.rates()
+    assert np.allclose(meter.rates(), alone)  # a batch counts each stream's own spikes
+    spikes = []  # by hand: every LIF node's output of the first window
+    with torch.inference_mode():
+        x = torch.from_numpy(detector.counts(jobs[0].events, jobs[0].t_start)).unsqueeze(1)
+        model(x, observe=lambda node, value: spikes.append(value) if node.kind == "lif" else None)
+    assert len(spikes) == len(model.graph.state_names)
+    expected = sum(float(s.sum()) for s in spikes) / sum(s.numel() for s in spikes)
+    assert alone[0] == pytest.approx(expected, rel=1e-9) and 0 < alone[0] <= 1
+    with pytest.raises(ValueError, match="no spiking layer"):
+        SpikeMeter().rates()

@@ -115,6 +115,7 @@ def test_demo_page_plays_a_camera_raw_file(server, page, real_file, name, encodi
     assert page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]") == canvas
     assert page.evaluate("Number(document.body.dataset.windows)") == _windows_of(path)
     assert page.inner_text("#server") != "–"  # the server's per-window latency, from the window messages
+    assert page.is_visible("#firing") and page.inner_text("#firing").endswith("%")  # the network's firing rate
     # the page's own RAW reader decodes what the server's does
     summary = page.evaluate("""async () => {
         const file = document.getElementById('file').files[0];

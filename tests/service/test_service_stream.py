@@ -55,7 +55,8 @@ def _chunks(payload, seed):
 
 
 def _receive_until_ack(ws, command="flush"):
-    """Detection messages up to the ack of ``command``; their ``latency_ms`` is checked and dropped (it varies)."""
+    """Detection messages up to the ack of ``command``; their ``latency_ms`` and ``firing_rate`` are checked and
+    dropped (a REST window has neither)."""
     messages = []
     while True:
         message = ws.receive_json()
@@ -64,6 +65,7 @@ def _receive_until_ack(ws, command="flush"):
         if message["type"] == "detections":
             latency = message.pop("latency_ms")
             assert isinstance(latency, float | int) and latency >= 0
+            assert 0 <= message.pop("firing_rate") <= 1
         messages.append(message)
 
 
