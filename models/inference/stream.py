@@ -57,7 +57,7 @@ class StreamingDetector:
             bins=cfg.bins, window_us=cfg.window_us, height=cfg.input_height, width=cfg.input_width, cutoff=cfg.cutoff
         )
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
-        width, height = sensor_size or (cfg.input_width, cfg.input_height)
+        width, height = sensor_size or cfg.sensor_size  # default: the sensor the model was trained for
         self.letterbox = Letterbox(width, height, cfg.input_width, cfg.input_height)
 
     @property
@@ -141,8 +141,9 @@ class SpikeMeter:
     def __call__(self, node: Any, value: Any) -> None:
         if node.kind != "lif":
             return
-        spikes = torch.as_tensor(value)  # [T, B, C, h, w]
-        counts = spikes.flatten(2).sum(2, dtype=torch.float64).sum(0)  # [B]
+        spikes = torch.as_tensor(value)  # [T, B, C, h, w] of 0/1
+        # a float32 sum of 0/1 is exact below 2^24 spikes per layer and stream (the largest layer holds ~4·10^5)
+        counts = spikes.sum(dim=(0, 2, 3, 4)).double()  # [B]
         self.spikes = counts if self.spikes is None else self.spikes + counts
         self.neuron_steps += spikes.shape[0] * spikes[0, 0].numel()
 
