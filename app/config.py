@@ -93,6 +93,8 @@ def _validate(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} must be positive, got {config[key]}")
     if config["lr"] <= 0:
         raise ConfigError(f"lr must be positive, got {config['lr']}")
+    if not 0 < config["train_max_box_width"] <= 1:
+        raise ConfigError(f"train_max_box_width must lie in (0, 1], got {config['train_max_box_width']}")
     if config["workers"] < 0:
         raise ConfigError(f"workers must be >= 0, got {config['workers']}")
     if config["lif"] not in ("fused", "reference"):

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,11 @@ class Trainer:
             config["seed"],
             self.rank,
             self.world_size,
+            config["train_max_box_width"],
         )
+        if self.streams.skipped and self.is_main:
+            print(f"skipped {len(self.streams.skipped)} training recording(s) with no labels left after filtering: "
+                  f"{', '.join(self.streams.skipped[:5])}{' …' if len(self.streams.skipped) > 5 else ''}")
         self.steps_per_epoch = len(self.streams)
         self.total_steps = max(1, config["epochs"] * self.steps_per_epoch)
 
@@ -307,7 +312,10 @@ class Trainer:
                 self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update(self.model)
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # the schedule counts steps, labelled or not: with sparse labels a step may have nothing to learn
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                self.scheduler.step()
             if self.on_step is not None:
                 self.on_step(self.scheduler.last_epoch)
             sums[0] += float(total.detach())

@@ -39,13 +39,17 @@ class _LoadedRecording:
     """Events (memory-mapped), labels grouped by window, and whether every window is labelled."""
 
     def __init__(
-        self, files: RecordingFiles, histogram: StackedHistogram, box_filter: BoxFilter, letterbox_input: bool
+        self, files: RecordingFiles, histogram: StackedHistogram, box_filter: BoxFilter, letterbox_input: bool,
+        max_box_width: float = 1.0,
     ) -> None:
+        self.name = files.name
         self.events = DatRecording(files.events)
         self.letterbox = Letterbox(self.events.width, self.events.height, histogram.width, histogram.height)
         window = histogram.window_us
         labels = read_labels(files.labels)
         labels = box_filter(clip_boxes(labels, self.events.width, self.events.height))
+        # RVT's training filter: Gen1 holds a few faulty boxes as wide as the sensor
+        labels = labels[labels["w"] <= max_box_width * self.events.width]
         if letterbox_input:
             labels = self.letterbox.boxes_to_input(labels)
         self.labels_by_window: dict[int, np.ndarray] = {}
@@ -65,7 +69,11 @@ class _LoadedRecording:
 
 
 class SequenceStreams:
-    """An epoch of :class:`SequenceBatch` over recordings of a Gen1-layout split."""
+    """An epoch of :class:`SequenceBatch` over recordings of a Gen1-layout split.
+
+    ``max_box_width`` drops label boxes wider than that fraction of the sensor (RVT trains Gen1 with 0.9); recordings
+    with no label left are skipped (named in :attr:`skipped`).
+    """
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class SequenceStreams:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        max_box_width: float = 1.0,
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
@@ -90,7 +99,12 @@ class SequenceStreams:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         self.rank, self.world_size = rank, world_size
         box_filter = box_filter or BoxFilter(skip_us=-1)
-        self.recordings = [_LoadedRecording(r, histogram, box_filter, True) for r in recordings]
+        loaded = [_LoadedRecording(r, histogram, box_filter, True, max_box_width) for r in recordings]
+        # A recording left with no label after filtering would only teach "nothing here" where objects may be.
+        self.skipped = [rec.name for rec in loaded if not rec.labels_by_window]
+        self.recordings = [rec for rec in loaded if rec.labels_by_window]
+        if not self.recordings:
+            raise ValueError(f"no training recording has labels left after filtering ({len(loaded)} skipped)")
 
     def __len__(self) -> int:
         return len(self._plan(0)) // self.seq_len
