@@ -12,20 +12,24 @@ COMMAND_MODULES = ("info", "synth", "show", "train", "eval", "predict", "score",
                    "report")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand registered."""
+def build_parser(commands: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
+    """The top-level parser with ``commands`` (default: every subcommand) registered."""
     parser = argparse.ArgumentParser(
         prog="spquant", description="Event-camera object detection with quantized, pruned spiking networks."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in commands:
         import_module(f"app.commands.{name}").add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 for bad input, never a traceback for user errors)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only the named command's module is imported: some import torch at module level, and `spquant serve` of an
+    # exported model must run where torch is missing (it is faster to start, too). Help and errors list them all.
+    named = argv[0] if argv and argv[0] in COMMAND_MODULES else None
+    args = build_parser((named,) if named else COMMAND_MODULES).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     # Data, config and checkpoint errors are ValueErrors with a message meant for the user.

@@ -5,6 +5,10 @@ and ``eval`` — on a worker thread, never on the event loop. Stream windows are
 pass for the windows waiting at that moment, see :mod:`service.batching`): each window gets the states
 ``StreamingDetector.step`` gives it alone and the same boxes to float rounding. The model is only read; each caller
 owns its state, so requests and sessions never share one.
+
+The model is a trained :class:`~models.networks.detector.SpikingYOLO`, the integer
+:class:`~models.inference.runtime.Runtime` or the torch-free :class:`~models.inference.numpy_runtime.NumpyRuntime`;
+this module imports torch only to describe a torch model (an exported model served on numpy never loads it).
 """
 
 from __future__ import annotations
@@ -20,10 +24,9 @@ import numpy as np
 from data.errors import EventValidationError
 from data.events import empty_events, validate_events
 from data.windows import iter_windows
-from models.compress.accounting import footprint
-from models.inference.stream import StreamingDetector, WindowJob, step_batch
-from models.networks.detector import SpikingYOLO
-from models.networks.quant import LevelGrid
+from models.inference.loading import runtime_name
+from models.inference.numpy_runtime import NumpyRuntime
+from models.inference.stream import StreamingDetector, StreamModel, WindowJob, step_batch
 from service.batching import WindowBatcher
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
@@ -36,8 +39,8 @@ _SIZE_KEYS = ("conv_layers", "channels", "params", "weight_bytes", "state_bytes_
 class DetectionEngine:
     """One model, shared read-only by every request and session, and the threads that run it."""
 
-    def __init__(self, model: SpikingYOLO, path: Path, threads: int, metrics: Metrics, max_batch: int = 16) -> None:
-        self.model = model.eval()
+    def __init__(self, model: StreamModel, path: Path, threads: int, metrics: Metrics, max_batch: int = 16) -> None:
+        self.model = model  # the streaming detectors put a torch model in eval mode
         self.path = path
         self.config = model.config
         self.class_names = list(self.config.class_names)
@@ -143,12 +146,18 @@ def check_span(first_window: int, t_last: int, window_us: int, max_windows: int)
 
 def _describe(model: Any, path: Path) -> dict[str, Any]:
     cfg = model.config
-    sizes = {k: v for k, v in footprint(model).items() if k in _SIZE_KEYS}
-    neuron = cfg.neuron()
-    levels = LevelGrid(neuron.lb, neuron.ub, neuron.step).levels() if neuron.quantize_membrane else []
+    if isinstance(model, NumpyRuntime):  # its own figures, the same as footprint()'s on the torch runtime (tested)
+        sizes, levels = model.footprint(), model.membrane_levels()
+    else:  # a torch model: torch is loaded
+        from models.compress.accounting import footprint
+        from models.networks.quant import LevelGrid
+
+        sizes = footprint(model)
+        neuron = cfg.neuron()
+        levels = LevelGrid(neuron.lb, neuron.ub, neuron.step).levels() if neuron.quantize_membrane else []
     return {
         "path": str(path),
-        "runtime": "pytorch" if isinstance(model, SpikingYOLO) else "integer",
+        "runtime": runtime_name(model),
         "variant": cfg.variant,
         "scale": cfg.scale,
         "classes": list(cfg.class_names),
@@ -161,5 +170,5 @@ def _describe(model: Any, path: Path) -> dict[str, Any]:
         "weight_bits": cfg.weight_bits,
         "first_layer_bits": cfg.first_layer_bits,
         "membrane_levels": levels,
-        **sizes,
+        **{k: v for k, v in sizes.items() if k in _SIZE_KEYS},
     }

@@ -6,10 +6,10 @@ Run it with ``spquant serve`` or ``uvicorn --factory service.main:create_app`` (
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -43,16 +43,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         path = settings.model or default_model_path()
-        detector = await asyncio.to_thread(load_model, path, settings.integer)
-        torch_threads = torch.get_num_threads()
-        torch.set_num_threads(settings.torch_threads)
+        detector = await asyncio.to_thread(load_model, path, settings.integer, settings.runtime)
+        # torch is loaded only where a torch model serves (never imported here: the numpy engine needs none of it)
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
+        if torch is not None:
+            torch.set_num_threads(settings.torch_threads)
         app.state.engine = DetectionEngine(detector, path, settings.threads, app_metrics, settings.max_batch)
         await app.state.engine.call(app.state.engine.warm_up)
         try:
             yield
         finally:
             app.state.engine.close()
-            torch.set_num_threads(torch_threads)
+            if torch is not None and torch_threads is not None:
+                torch.set_num_threads(torch_threads)
 
     # docs_url/redoc_url None: service.routers.docs serves both pages with local assets (FastAPI's default pages load
     # them from a CDN, blank on an offline edge box).

@@ -116,8 +116,9 @@ class ModelInfo(BaseModel):
     )
 
     path: str
-    runtime: Literal["integer", "pytorch"] = Field(
-        description="integer: the exported integer runtime (int8 membranes); pytorch: the checkpoint's own model"
+    runtime: Literal["integer", "numpy", "pytorch"] = Field(
+        description="integer: the exported integer runtime in PyTorch (int8 membranes); numpy: the same integer "
+                    "model on the torch-free engine (numpy + numba); pytorch: the checkpoint's own model"
     )
     variant: str
     scale: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
         integer: run a quantized checkpoint (``.pt``) as the integer runtime it exports to (int8 membranes,
             integer convolutions: what runs on the edge, and faster); false runs the fake-quant PyTorch model. FP32
             checkpoints and exported ``.spq`` models run as they are.
+        runtime: the engine of an exported ``.spq`` model (``SPQUANT_RUNTIME``): ``torch`` (the integer runtime in
+            PyTorch), ``numpy`` (the torch-free engine: same states bit for bit, boxes to float rounding) or ``auto``
+            (torch when it can be imported, else numpy: what an image without torch needs). Checkpoints need torch.
         max_batch: most stream windows (of different sessions) run as one forward pass; 1 turns batching off.
         threads: inference worker threads (the model runs there, never on the event loop).
         torch_threads: torch intra-op threads per forward pass. 1 is best for a server: streams run in parallel on
@@ -56,6 +60,7 @@ class Settings(BaseSettings):
     max_windows: int = Field(12_000, gt=0)
     api_key: str | None = None
     integer: bool = True
+    runtime: Literal["auto", "numpy", "torch"] = "auto"
     max_batch: int = Field(16, gt=0)
     threads: int = Field(2, gt=0)
     torch_threads: int = Field(1, gt=0)

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -54,26 +55,47 @@ SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven
 SPARSE_SPIKES = 0.10  # spike maps up to this density take the event-driven k×k conv (end to end 1.12 vs 1.22× torch)
 
 
+_TEXT_FIELDS = ("variant", "scale")
+_OPTIONAL_FIELDS = ("sensor_width", "sensor_height")  # 0 in files written before the fields existed
+
+
 @dataclasses.dataclass(frozen=True)
 class SpqConfig:
-    """What a streaming pipeline needs of an exported model's detector config, read without torch; ``detector`` is
-    the whole stored config (a dict, as ``DetectorConfig.to_dict`` wrote it)."""
+    """What a streaming pipeline and the service need of an exported model's detector config, read without torch
+    (the fields of :class:`~models.networks.detector.DetectorConfig` they use); ``detector`` is the whole stored
+    config (a dict, as ``DetectorConfig.to_dict`` wrote it)."""
 
+    variant: str
+    scale: str
     bins: int
     window_us: int
     input_height: int
     input_width: int
     cutoff: int
     reg_max: int
+    weight_bits: int
+    first_layer_bits: int
     class_names: tuple[str, ...]
-    detector: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
+    sensor_width: int = 0
+    sensor_height: int = 0
+    detector: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, detector: Mapping[str, Any]) -> SpqConfig:
         """The config of a ``.spq`` header's ``detector`` entry."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("class_names", "detector")]
-        return cls(**{k: int(detector[k]) for k in names}, class_names=tuple(map(str, detector["class_names"])),
-                   detector=dict(detector))
+        skip = ("class_names", "detector", *_TEXT_FIELDS, *_OPTIONAL_FIELDS)
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+        return cls(**{k: int(detector[k]) for k in names}, **{k: str(detector[k]) for k in _TEXT_FIELDS},
+                   **{k: int(detector.get(k, 0)) for k in _OPTIONAL_FIELDS},
+                   class_names=tuple(map(str, detector["class_names"])), detector=dict(detector))
+
+    @property
+    def sensor_size(self) -> tuple[int, int]:
+        """(width, height) of the sensor the model expects: the recorded one, else the input size (as
+        ``DetectorConfig.sensor_size``)."""
+        if self.sensor_width and self.sensor_height:
+            return self.sensor_width, self.sensor_height
+        return self.input_width, self.input_height
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -158,6 +180,8 @@ class NumpyRuntime:
         self.ops = NumpyOps(self)
         self.state_shapes = graph.state_shapes(*self.config.padded_size)
         self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
+        self._head_convs, self._head_params = _head_sizes(tensors, detect.attrs["head_weights"])
+        self.frac_bits = int(meta["frac_bits"])
         self.blas_threads = blas_threads
         self._blas = ThreadpoolController() if blas_threads is not None and ThreadpoolController else None
 
@@ -167,7 +191,10 @@ class NumpyRuntime:
         meta, tensors = read_spq(path)
         return cls(meta, tensors, Path(path), blas_threads)
 
-    def __call__(self, x: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
+    def __call__(self, x: np.ndarray, state: State | None = None,
+                 observe: Callable[[Node, Any], None] | None = None) -> tuple[np.ndarray, State]:
+        """``(y, new state)``; ``observe(node, value)`` sees every node's output as the torch runtime's does (see
+        :func:`batch_major`: read-only views in its layout, e.g. a LIF's spikes ``[T, B, C, h, w]``)."""
         height, width = self.config.padded_size
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
             raise ValueError(f"expected uint8 counts, got {getattr(x, 'dtype', type(x).__name__)}")
@@ -177,17 +204,77 @@ class NumpyRuntime:
         limit = (self._blas.limit(limits=self.blas_threads, user_api="blas") if self._blas is not None
                  else contextlib.nullcontext())
         with limit:
-            return self.graph.run(self.ops, np.ascontiguousarray(x), state)
+            return self.graph.run(self.ops, np.ascontiguousarray(x), state,
+                                  None if observe is None else lambda node, value: observe(node, batch_major(value)))
 
     def init_state(self, batch: int = 1) -> State:
         """A fresh state (all membrane codes 0) for ``batch`` streams."""
         return {name: np.zeros((batch, *shape), dtype=np.int8) for name, shape in self.state_shapes.items()}
+
+    def membrane_levels(self) -> list[float]:
+        """The stored membrane levels in units of θ, ascending (every LIF of an exported model shares one grid):
+        code × step, the step being ``2^step_shift`` in the ``Q(frac_bits)`` units of θ."""
+        grids = {(lif.low, lif.high, lif.step_shift) for lif in self.lifs.values()}
+        if len(grids) != 1:
+            raise ValueError(f"the LIF layers do not share one membrane grid: {sorted(grids)}")
+        ((low, high, shift),) = grids
+        step = 2.0 ** (shift - self.frac_bits)
+        return [code * step for code in range(low >> shift, (high >> shift) + 1)]
+
+    def footprint(self) -> dict[str, int]:
+        """The size figures of :func:`models.compress.accounting.footprint` for the integer runtime, computed here
+        without torch (equal to that function on the torch :class:`~models.inference.runtime.Runtime` of the same
+        file; tested): ``conv_layers``, ``channels``, ``params`` (weight codes plus the head's parameters),
+        ``weight_bytes`` (as stored in the file), ``state_neurons`` and ``state_bytes_per_stream`` (int8 codes)."""
+        convs = list(self.convs.values())
+        neurons = sum(math.prod(shape) for shape in self.state_shapes.values())
+        return {
+            "conv_layers": len(convs) + len(self._head_convs),
+            "channels": sum(c.out_channels for c in convs) + sum(self._head_convs),
+            "params": sum(c.weight.size for c in convs) + self._head_params,
+            "weight_bytes": self.weight_nbytes,
+            "state_neurons": neurons,
+            "state_bytes_per_stream": neurons,
+        }
 
     def detect(self, x: np.ndarray, state: State | None = None, conf_thres: float = 0.25, iou_thres: float = 0.6,
                max_det: int = 100) -> tuple[list[np.ndarray], State]:
         """Network and NMS: per stream ``[n, 6]`` rows ``x1, y1, x2, y2, score, class`` in input pixels, new state."""
         y, state = self(x, state)
         return non_max_suppression(y, conf_thres, iou_thres, max_det), state
+
+
+def batch_major(value: np.ndarray) -> np.ndarray:
+    """A node's output in the torch runtime's layout, as a read-only view (no copy): channel-major ``[C, T, B, h, w]``
+    → ``[T, B, C, h, w]``, rates ``[C, B, h, w]`` → ``[B, C, h, w]``; the head's ``[B, 4 + nc, A]`` as it is."""
+    if value.ndim == 5:
+        value = np.moveaxis(value, 0, 2)
+    elif value.ndim == 4:
+        value = np.moveaxis(value, 0, 1)
+    else:
+        value = value.view()
+    value.flags.writeable = False  # observers must not change what the next node reads
+    return value
+
+
+def _head_sizes(tensors: Mapping[str, np.ndarray], packed: Mapping[str, Any]) -> tuple[list[int], int]:
+    """The Detect head's conv output channels (one entry per conv, DFL included) and parameter count (conv weights
+    and biases, BN weights and biases, as ``nn.Module.parameters`` counts them) from its ``head.*`` tensors."""
+    convs, params = [], 0
+    for name, tensor in tensors.items():
+        key = name.removeprefix("head.")
+        if key == name or key.endswith((".running_mean", ".running_var", ".num_batches_tracked")):
+            continue
+        if key in packed:  # packed codes: the weight's shape is in the description
+            shape = tuple(packed[key]["shape"])
+        elif key.endswith(".scale") and key.removesuffix(".scale") + ".weight" in packed:
+            continue  # the per-channel scale of packed codes: part of the weight, not a parameter
+        else:
+            shape = tensor.shape
+        params += math.prod(shape)
+        if key.endswith(".weight") and len(shape) == 4:
+            convs.append(int(shape[0]))
+    return convs, params
 
 
 class NumpyOps:

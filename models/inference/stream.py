@@ -5,36 +5,132 @@ boxes in the sensor's coordinates, stamped with the window's end time; ``run`` d
 :func:`step_batch` runs one window of each of several streams as one forward pass (the service under load);
 :func:`run_recordings` streams whole recordings through a model while something measures it. The
 model is anything with a ``config`` and ``model(x, state) -> (y, state)``: the trained (fake-quant or FP32)
-:class:`~models.networks.detector.SpikingYOLO` or the integer :class:`~models.inference.runtime.Runtime`.
+:class:`~models.networks.detector.SpikingYOLO` or the integer :class:`~models.inference.runtime.Runtime` on torch
+tensors, or the torch-free :class:`~models.inference.numpy_runtime.NumpyRuntime` on numpy arrays.
+
+This module imports no torch: serving an exported model must not need it (DESIGN §6). What depends on the kind of
+model — the input array, the forward pass (under ``torch.inference_mode``), batching states and NMS (ultralytics'
+for torch models, :func:`~models.inference.numpy_detect.non_max_suppression`, its numpy port, for the numpy
+engine) — is an :class:`_Arrays` chosen once per detector; the torch one imports torch when it is built, which only
+happens for a torch model (so torch is already loaded).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from data.formats.labels import BBOX_DTYPE
 from data.formats.recording import open_recording
 from data.geometry import Letterbox
 from data.representation import StackedHistogram
 from data.windows import Window, iter_windows
-from models.networks.detector import DetectorConfig
-from models.networks.state import split_state, stack_states
-from models.networks.ultralytics_parts import non_max_suppression
+from models.inference.numpy_detect import non_max_suppression as numpy_nms
+from models.inference.numpy_runtime import NumpyRuntime
+
+if TYPE_CHECKING:
+    from models.inference.numpy_runtime import SpqConfig
+    from models.networks.detector import DetectorConfig
 
 
 class StreamModel(Protocol):
-    """What a streaming detector runs: ``model(x [T, B, 2, H, W], state) -> ([B, 4 + nc, anchors], state)``."""
+    """What a streaming detector runs: ``model(x [T, B, 2, H, W], state) -> ([B, 4 + nc, anchors], state)`` (torch
+    tensors, or numpy arrays for a :class:`NumpyRuntime`); with ``observe=`` for a :class:`SpikeMeter`."""
 
-    config: DetectorConfig
+    config: DetectorConfig | SpqConfig
 
-    def __call__(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]: ...
+    def __call__(self, x: Any, state: Any = None) -> tuple[Any, Any]: ...
+
+
+class _Arrays(Protocol):
+    """The model-kind-specific steps of a window: input, forward pass, batched states, NMS."""
+
+    def forward(self, model: StreamModel, counts: np.ndarray, state: Any, meter: SpikeMeter | None) -> tuple[
+            Any, Any]: ...
+
+    def stack(self, model: StreamModel, states: Sequence[Any]) -> Any: ...
+
+    def split(self, state: Any, count: int) -> list[Any]: ...
+
+    def nms(self, y: Any, conf_thres: float, iou_thres: float, max_det: int) -> np.ndarray: ...
+
+
+class _NumpyArrays:
+    """A :class:`NumpyRuntime`: numpy in, numpy out, numpy NMS; states are flat dicts of int8 arrays."""
+
+    def forward(self, model: StreamModel, counts: np.ndarray, state: Any, meter: SpikeMeter | None) -> tuple[
+            Any, Any]:
+        return model(np.asarray(counts), state) if meter is None else model(np.asarray(counts), state, observe=meter)
+
+    def stack(self, model: StreamModel, states: Sequence[Any]) -> Any:
+        if all(s is None for s in states):
+            return None
+        fresh = model.init_state(1)  # type: ignore[attr-defined]
+        parts = [fresh if s is None else s for s in states]
+        if any(p.keys() != fresh.keys() for p in parts):
+            raise ValueError("states to stack must come from the same model (different layer names)")
+        return {name: np.concatenate([p[name] for p in parts]) for name in fresh}
+
+    def split(self, state: Any, count: int) -> list[Any]:
+        # copies: a stream's state must not keep the whole batch's memory alive
+        return [{name: codes[i : i + 1].copy() for name, codes in state.items()} for i in range(count)]
+
+    def nms(self, y: Any, conf_thres: float, iou_thres: float, max_det: int) -> np.ndarray:
+        (dets,) = numpy_nms(np.asarray(y), conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
+        return dets
+
+
+class _TorchArrays:
+    """A torch model (trained or integer :class:`~models.inference.runtime.Runtime`): tensors, ultralytics' NMS."""
+
+    def __init__(self) -> None:
+        import torch  # lazy: only torch models come here, and they have loaded torch already
+
+        from models.networks.state import split_state, stack_states
+        from models.networks.ultralytics_parts import non_max_suppression
+
+        self.torch, self._split, self._stack, self._nms = torch, split_state, stack_states, non_max_suppression
+
+    def forward(self, model: StreamModel, counts: np.ndarray, state: Any, meter: SpikeMeter | None) -> tuple[
+            Any, Any]:
+        with self.torch.inference_mode():
+            x = self.torch.as_tensor(counts)
+            return model(x, state) if meter is None else model(x, state, observe=meter)
+
+    def stack(self, model: StreamModel, states: Sequence[Any]) -> Any:
+        return self._stack(states)
+
+    def split(self, state: Any, count: int) -> list[Any]:
+        return self._split(state, [1] * count)
+
+    def nms(self, y: Any, conf_thres: float, iou_thres: float, max_det: int) -> np.ndarray:
+        with self.torch.inference_mode():  # y is an inference tensor of the forward pass
+            y = self.torch.as_tensor(y)
+            (dets,) = self._nms(y, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, nc=y.shape[1] - 4)
+            return dets.numpy()
+
+
+_NUMPY_ARRAYS = _NumpyArrays()
+
+
+@functools.cache
+def _torch_arrays() -> _TorchArrays:
+    return _TorchArrays()
+
+
+def _arrays_of(model: StreamModel) -> _Arrays:
+    return _NUMPY_ARRAYS if isinstance(model, NumpyRuntime) else _torch_arrays()
+
+
+def _is_torch_module(model: Any) -> bool:
+    torch = sys.modules.get("torch")  # not imported: then the model cannot be a torch module
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 class StreamingDetector:
@@ -51,7 +147,8 @@ class StreamingDetector:
         max_det: int = 100,
         sensor_size: tuple[int, int] | None = None,
     ) -> None:
-        self.model = model.eval() if isinstance(model, torch.nn.Module) else model
+        self.model = model.eval() if _is_torch_module(model) else model
+        self._arrays = _arrays_of(model)
         cfg = model.config
         self.histogram = StackedHistogram(
             bins=cfg.bins, window_us=cfg.window_us, height=cfg.input_height, width=cfg.input_width, cutoff=cfg.cutoff
@@ -82,20 +179,15 @@ class StreamingDetector:
         """The network input of one window: its events letterboxed and binned, ``[T, 2, H, W]`` uint8."""
         return self.histogram(self.letterbox.map_events(events), t_start)
 
-    @torch.inference_mode()
-    def detect(self, counts: np.ndarray | torch.Tensor, state: Any = None) -> tuple[np.ndarray, Any]:
+    def detect(self, counts: np.ndarray, state: Any = None) -> tuple[np.ndarray, Any]:
         """Network and NMS on one window's ``[T, 2, H, W]`` histogram: ``[n, 6]`` rows ``x1, y1, x2, y2, score,
         class`` in input pixels, and the new state."""
-        x = torch.as_tensor(counts).unsqueeze(1)  # [T, 1, 2, H, W]
-        y, state = self.model(x, state)  # [1, 4 + nc, anchors]
-        return self._nms(y), state
+        y, state = self._arrays.forward(self.model, np.asarray(counts)[:, None], state, None)  # [T, 1, 2, H, W] in
+        return self._nms(y), state  # y [1, 4 + nc, anchors]
 
-    def _nms(self, y: torch.Tensor) -> np.ndarray:
+    def _nms(self, y: Any) -> np.ndarray:
         """``[1, 4 + nc, anchors]`` → ``[n, 6]`` rows x1, y1, x2, y2, score, class."""
-        (dets,) = non_max_suppression(
-            y, conf_thres=self.conf_thres, iou_thres=self.iou_thres, max_det=self.max_det, nc=y.shape[1] - 4
-        )
-        return dets.numpy()
+        return self._arrays.nms(y, self.conf_thres, self.iou_thres, self.max_det)
 
     def run(self, windows: Iterable[Window], state: Any = None) -> Iterator[tuple[Window, np.ndarray]]:
         """Detections of every window, in order, with the state carried from one window to the next."""
@@ -103,7 +195,7 @@ class StreamingDetector:
             dets, state = self.step(window.events, window.t_start, state)
             yield window, dets
 
-    def boxes(self, y: torch.Tensor, t_start: int) -> np.ndarray:
+    def boxes(self, y: Any, t_start: int) -> np.ndarray:
         """Label-dtype sensor boxes of the window starting at ``t_start`` from its network output
         ``[1, 4 + nc, anchors]`` (NMS, letterbox undone, stamped with the window's end)."""
         return self._to_boxes(self._nms(y), t_start + self.window_us)
@@ -131,21 +223,24 @@ class WindowJob:
 class SpikeMeter:
     """Counts the spikes of every LIF node during one forward pass, per stream: pass it as the model's ``observe``.
 
-    :meth:`rates` gives each stream's firing rate, spikes per neuron and time step over the whole network.
+    :meth:`rates` gives each stream's firing rate, spikes per neuron and time step over the whole network. Spikes
+    come as ``[T, B, C, h, w]`` 0/1 torch tensors or numpy arrays (the numpy engine shows its observers that layout).
     """
 
     def __init__(self) -> None:
-        self.spikes: torch.Tensor | None = None  # [B]
+        self.spikes: np.ndarray | None = None  # [B] float64
         self.neuron_steps = 0
 
     def __call__(self, node: Any, value: Any) -> None:
         if node.kind != "lif":
             return
-        spikes = torch.as_tensor(value)  # [T, B, C, h, w] of 0/1
         # a float32 sum of 0/1 is exact below 2^24 spikes per layer and stream (the largest layer holds ~4·10^5)
-        counts = spikes.sum(dim=(0, 2, 3, 4)).double()  # [B]
+        if isinstance(value, np.ndarray):
+            counts = value.sum(axis=(0, 2, 3, 4), dtype=np.float32).astype(np.float64)  # [B]
+        else:  # a torch tensor: its own methods, so this module needs no torch import
+            counts = value.sum(dim=(0, 2, 3, 4)).double().cpu().numpy()
         self.spikes = counts if self.spikes is None else self.spikes + counts
-        self.neuron_steps += spikes.shape[0] * spikes[0, 0].numel()
+        self.neuron_steps += value.shape[0] * int(np.prod(value.shape[2:]))
 
     def rates(self) -> list[float]:
         """Spikes per neuron and time step of each stream of the last forward pass."""
@@ -154,7 +249,6 @@ class SpikeMeter:
         return (self.spikes / self.neuron_steps).tolist()
 
 
-@torch.inference_mode()
 def step_batch(jobs: Sequence[WindowJob], meter: SpikeMeter | None = None) -> list[tuple[np.ndarray, Any]]:
     """:meth:`StreamingDetector.step` for windows of several streams in one forward pass.
 
@@ -167,11 +261,11 @@ def step_batch(jobs: Sequence[WindowJob], meter: SpikeMeter | None = None) -> li
     model = jobs[0].detector.model
     if any(job.detector.model is not model for job in jobs):
         raise ValueError("step_batch: every job's detector must run the same model")
-    x = torch.from_numpy(np.stack([job.detector.counts(job.events, job.t_start) for job in jobs], axis=1))
-    stacked = stack_states([job.state for job in jobs])
-    # x [T, B, 2, H, W] → y [B, 4 + nc, anchors]
-    y, state = model(x, stacked) if meter is None else model(x, stacked, observe=meter)
-    states = split_state(state, [1] * len(jobs))
+    arrays = jobs[0].detector._arrays
+    x = np.stack([job.detector.counts(job.events, job.t_start) for job in jobs], axis=1)
+    stacked = arrays.stack(model, [job.state for job in jobs])
+    y, state = arrays.forward(model, x, stacked, meter)  # x [T, B, 2, H, W] → y [B, 4 + nc, anchors]
+    states = arrays.split(state, len(jobs))
     return [(job.detector.boxes(y[i : i + 1], job.t_start), states[i]) for i, job in enumerate(jobs)]
 
 
@@ -183,6 +277,8 @@ def run_recordings(
     ``max_windows`` (0 = all) bounds the total; the windows are split evenly over the recordings. Measurements
     (FLOPs counters, calibration hooks) watch the model while this runs.
     """
+    from tqdm import tqdm  # lazy: a measuring tool's dependency, not the service's
+
     paths = list(paths)
     if not paths:
         raise ValueError("no recordings to measure on")

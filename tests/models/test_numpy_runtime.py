@@ -2,8 +2,9 @@
 
 :class:`~models.inference.numpy_runtime.NumpyRuntime` runs the same layer graph with numpy and numba; these tests
 stream the bundled recording through both runtimes (the bundled model and the pruned one with its 4-bit head) and
-compare every window, run a batch against each stream alone, and import the engine with torch and ultralytics
-blocked.
+compare every window, run a batch against each stream alone, stream through the one ``StreamingDetector`` /
+``step_batch`` path with a ``SpikeMeter``, load through ``load_model``, and import the engine with torch and
+ultralytics blocked.
 """
 
 import subprocess
@@ -16,12 +17,15 @@ import torch
 
 from data.formats.recording import open_recording
 from data.windows import iter_windows
+from models.compress.accounting import footprint
 from models.inference.export import export_model
+from models.inference.loading import load_model, resolve_runtime
 from models.inference.numpy_detect import non_max_suppression
 from models.inference.numpy_runtime import NumpyRuntime
 from models.inference.runtime import Runtime
-from models.inference.stream import StreamingDetector
+from models.inference.stream import SpikeMeter, StreamingDetector, WindowJob, step_batch
 from models.networks.checkpoint import load_detector
+from models.networks.quant import LevelGrid
 from models.networks.ultralytics_parts import non_max_suppression as ultralytics_nms
 from tests.conftest import REPO
 from tests.helpers import SAMPLE
@@ -138,6 +142,77 @@ def test_bad_input_or_state_raises_value_error(bundled_spq):
             engine(x, bad)
     y, new = engine(x, state)
     assert y.shape[:2] == (1, 4 + len(engine.config.class_names)) and set(new) == set(state)
+
+
+def test_size_figures_and_levels_equal_the_torch_accounting(spq):
+    reference, engine = Runtime.load(spq), NumpyRuntime.load(spq)
+    expected = footprint(reference)
+    assert engine.footprint() == {k: expected[k] for k in engine.footprint()}
+    neuron = reference.config.neuron()
+    assert engine.membrane_levels() == LevelGrid(neuron.lb, neuron.ub, neuron.step).levels()
+    assert engine.config.sensor_size == reference.config.sensor_size
+    for name in ("variant", "scale", "weight_bits", "first_layer_bits", "class_names"):
+        assert getattr(engine.config, name) == getattr(reference.config, name), name
+
+
+def test_step_batch_and_spike_meter_give_the_torch_runtimes_states_boxes_and_rates(bundled_spq):
+    """The streaming path on both engines, a batch of a carried and a fresh stream: states bit for bit, boxes to
+    float rounding, firing rates exactly (the same spikes)."""
+    recording = open_recording(SAMPLE)
+    detectors = [StreamingDetector(model).for_sensor(recording.width, recording.height)
+                 for model in (Runtime.load(bundled_spq), NumpyRuntime.load(bundled_spq))]
+    windows = list(iter_windows(recording, detectors[0].window_us))
+    results = []
+    for detector in detectors:
+        states: list = [None, None]
+        out = []
+        for k in range(28, 32):  # stream 0 from the start of the recording's busy part, stream 1 joins fresh at 30
+            pair = [windows[k], windows[k - 2]] if k >= 30 else [windows[k]]
+            meter = SpikeMeter()
+            done = step_batch([WindowJob(detector, w.events, w.t_start, st)
+                               for w, st in zip(pair, states, strict=False)], meter)
+            states[:len(done)] = [state for _, state in done]
+            out.append(([boxes for boxes, _ in done], [dict(s) for _, s in done], meter.rates()))
+        results.append(out)
+    boxes = 0
+    for (boxes_t, states_t, rates_t), (boxes_n, states_n, rates_n) in zip(*results, strict=True):
+        assert rates_n == rates_t
+        for a, b in zip(boxes_t, boxes_n, strict=True):
+            assert_same_boxes(a, b)
+            boxes += len(b)
+        for a, b in zip(states_t, states_n, strict=True):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k]) for k in a)
+    assert boxes > 0
+    # alone, the numpy detector's step gives what its batch gave stream 0
+    state = None
+    for k in range(28, 32):
+        last, state = detectors[1].step(windows[k].events, windows[k].t_start, state)
+    assert_same_boxes(last, results[1][-1][0][0])
+
+
+def test_observers_see_read_only_views_in_the_torch_layout(bundled_spq):
+    engine, reference = NumpyRuntime.load(bundled_spq), Runtime.load(bundled_spq)
+    t, (h, w) = engine.config.bins, engine.config.padded_size
+    x = np.random.default_rng(0).integers(0, 3, (t, 2, 2, h, w), dtype=np.uint8)
+    shapes_n, shapes_t = {}, {}
+    engine(x, observe=lambda node, value: shapes_n.setdefault(node.name, value.shape))
+    with torch.inference_mode():
+        reference(torch.from_numpy(x), observe=lambda node, value: shapes_t.setdefault(node.name, tuple(value.shape)))
+    lifs = [n.name for n in engine.graph.of_kind("lif")]
+    assert {k: shapes_n[k] for k in lifs} == {k: shapes_t[k] for k in lifs}
+    with pytest.raises(ValueError, match="read-only"):
+        engine(x, observe=lambda node, value: value.__setitem__(..., 0))
+
+
+def test_load_model_picks_the_engine(bundled_spq):
+    assert isinstance(load_model(bundled_spq, runtime="numpy"), NumpyRuntime)
+    assert isinstance(load_model(bundled_spq, runtime="torch"), Runtime)
+    assert isinstance(load_model(bundled_spq), Runtime)  # auto: torch is installed here
+    assert resolve_runtime("auto") == "torch"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        load_model(bundled_spq, runtime="onnx")
+    with pytest.raises(ValueError, match="needs torch"):
+        load_model(MODELS["bundled"], runtime="numpy")
 
 
 TORCH_FREE = textwrap.dedent("""

@@ -41,6 +41,10 @@ def test_settings_from_environment(tmp_path):
     assert Settings.from_env({}).integer and not Settings.from_env({"SPQUANT_INTEGER": "Off"}).integer
     with pytest.raises(ValueError, match="SPQUANT_INTEGER"):
         Settings.from_env({"SPQUANT_INTEGER": "maybe"})
+    assert Settings.from_env({}).runtime == "auto"
+    assert [Settings.from_env({"SPQUANT_RUNTIME": v}).runtime for v in ("numpy", "torch")] == ["numpy", "torch"]
+    with pytest.raises(ValueError, match="SPQUANT_RUNTIME"):
+        Settings.from_env({"SPQUANT_RUNTIME": "onnx"})
 
 
 def test_each_type_parses(tmp_path):

@@ -1,0 +1,193 @@
+"""Serving an exported model without torch: a real ``spquant serve`` process in which importing torch, torchvision or
+ultralytics fails serves the bundled model's ``.spq`` on the numpy engine, with the torch service's detections.
+
+The server process gets a bootstrap (``python -c``) that puts an import blocker first on ``sys.meta_path`` and then
+runs the CLI's ``serve``; the blocker logs every name it refuses, so the test also sees who tried.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.stream_client import StreamClient, dat_payloads
+from data.events import concat_events
+from data.formats.dat import encode_dat_records
+from data.formats.recording import open_recording
+from data.windows import iter_windows
+from models.inference.export import export_model
+from models.inference.runtime import Runtime
+from models.inference.stream import SpikeMeter, StreamingDetector, WindowJob, step_batch
+from models.networks.checkpoint import load_detector
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import REPO
+from tests.helpers import SAMPLE
+from tests.service_support import free_port
+
+BOOTSTRAP = textwrap.dedent("""
+    import os
+    import sys
+
+    BLOCKED = ("torch", "torchvision", "ultralytics")
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                with open(os.environ["BLOCKED_LOG"], "a") as log:
+                    log.write(name + "\\n")
+                raise ImportError(f"blocked import of {name}")
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    from app.cli import main
+
+    sys.exit(main(["serve"]))
+""")
+STREAM_WINDOWS = 36  # the first windows of the recording, streamed (window 30 has boxes)
+
+
+@pytest.fixture(scope="module")
+def spq(tmp_path_factory):
+    return export_model(load_detector(REPO / "models" / "weights" / "spquant-n.pt"),
+                        tmp_path_factory.mktemp("spq") / "bundled.spq")
+
+
+@pytest.fixture(scope="module")
+def events():
+    return concat_events(list(open_recording(SAMPLE).iter_chunks()))
+
+
+@contextmanager
+def torch_free_server(model: Path, log: Path, timeout_s: float = 120.0) -> Iterator[int]:
+    """``spquant serve`` of ``model`` with torch, torchvision and ultralytics blocked; yields its port."""
+    port = free_port()
+    env = {**os.environ, "SPQUANT_MODEL": str(model), "SPQUANT_PORT": str(port), "SPQUANT_THREADS": "1",
+           "OMP_WAIT_POLICY": "PASSIVE", "BLOCKED_LOG": str(log)}
+    env.pop("SPQUANT_RUNTIME", None)  # the default, auto, must find torch missing by itself
+    process = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    health = json.load(response)
+                    break
+            except OSError:
+                assert process.poll() is None, process.stderr.read().decode()
+                assert time.monotonic() < deadline, f"server did not come up in {timeout_s:.0f} s"
+                time.sleep(0.2)
+        assert health == {"status": "ok", "model_loaded": True, "active_sessions": 0}
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(spq, tmp_path_factory):
+    log = tmp_path_factory.mktemp("blocked") / "blocked.txt"
+    with torch_free_server(spq, log) as port:
+        yield f"127.0.0.1:{port}", log
+
+
+@pytest.fixture(scope="module")
+def torch_service(spq):
+    """The same .spq served in-process on the torch runtime (today's engine)."""
+    with TestClient(create_app(Settings(model=spq, runtime="torch", threads=1))) as client:
+        yield client
+
+
+def _get(address: str, path: str) -> dict:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=30) as response:
+        return json.load(response)
+
+
+def _post_records(address: str, body: bytes) -> dict:
+    request = urllib.request.Request(f"http://{address}/v1/detect", data=body, method="POST",
+                                     headers={"content-type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        assert response.status == 200
+        return json.load(response)
+
+
+def assert_same_windows(got: list[dict], expected: list[dict]) -> None:
+    """Window dicts: same windows, classes and count of boxes; coordinates and scores to float32 rounding."""
+    assert [(w["t_start"], w["t_end"]) for w in got] == [(w["t_start"], w["t_end"]) for w in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert len(a["detections"]) == len(b["detections"]), a["t_start"]
+        for da, db in zip(a["detections"], b["detections"], strict=True):
+            assert (da["class_id"], da["class_name"]) == (db["class_id"], db["class_name"])
+            assert all(abs(da[k] - db[k]) <= 1e-3 for k in ("x", "y", "w", "h")), (da, db)
+            assert abs(da["score"] - db["score"]) <= 1e-6, (da, db)
+
+
+def test_health_and_model_report_the_numpy_engine(server, torch_service):
+    address, log = server
+    info = _get(address, "/v1/model")
+    assert info["runtime"] == "numpy"
+    expected = torch_service.get("/v1/model").json()
+    assert expected["runtime"] == "integer"
+    assert {**info, "runtime": "integer"} == expected  # sizes, levels, sensor: the same figures without torch
+    assert (info["sensor_width"], info["sensor_height"]) == (304, 240)
+    # the blocker ran, and the only import of a blocked package tried is the loader's probe for torch (auto)
+    assert set(log.read_text().split()) == {"torch"}
+
+
+def test_detect_answers_what_the_torch_service_answers(server, torch_service, events):
+    address, _ = server
+    body = encode_dat_records(events).tobytes()  # no width/height: the model's sensor, 304x240, is the default
+    got = _post_records(address, body)
+    response = torch_service.post("/v1/detect", content=body, headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 200
+    expected = response.json()
+    assert (got["width"], got["height"], got["events"]) == (304, 240, len(events))
+    assert {k: v for k, v in got.items() if k != "windows"} == {k: v for k, v in expected.items() if k != "windows"}
+    assert len(got["windows"]) == 60 and sum(len(w["detections"]) for w in got["windows"]) > 50
+    assert_same_windows(got["windows"], expected["windows"])
+
+
+def test_a_stream_gets_the_detections_and_firing_rates_of_the_torch_runtime(server, spq, events):
+    address, log = server
+    head = events[events["t"] < STREAM_WINDOWS * 50_000]
+    with StreamClient(f"ws://{address}") as client:  # no sensor size: the model's
+        assert client.ack["width"] == 304 and client.ack["height"] == 240
+        windows = list(client.stream(dat_payloads([head])))
+    assert len(windows) == STREAM_WINDOWS
+    # the torch runtime, window by window with its state carried, as the service steps a lone stream
+    detector = StreamingDetector(Runtime.load(spq)).for_sensor(304, 240)
+    state, expected, rates = None, [], []
+    for window in iter_windows([head], detector.window_us):
+        meter = SpikeMeter()
+        ((boxes, state),) = step_batch([WindowJob(detector, window.events, window.t_start, state)], meter)
+        expected.append({"t_start": window.t_start, "t_end": window.t_end, "detections": [
+            {"x": float(b["x"]), "y": float(b["y"]), "w": float(b["w"]), "h": float(b["h"]),
+             "class_id": int(b["class_id"]), "class_name": ("car", "pedestrian")[b["class_id"]],
+             "score": float(b["class_confidence"])} for b in boxes]})
+        rates.extend(meter.rates())
+    assert_same_windows(windows, expected)
+    assert sum(len(w["detections"]) for w in windows) > 0
+    # same spikes (the states are bit-identical), so the same rates (the message rounds them to 6 decimals)
+    assert [w["firing_rate"] for w in windows] == [round(rate, 6) for rate in rates]
+    assert set(log.read_text().split()) == {"torch"}
+
+
+def test_numpy_runtime_in_process_and_a_checkpoint_it_cannot_run(spq, tmp_path):
+    with TestClient(create_app(Settings(model=spq, runtime="numpy", threads=1))) as client:
+        assert client.get("/v1/model").json()["runtime"] == "numpy"
+        response = client.post("/v1/detect", content=b"\x00" * 7, headers={"content-type": "application/octet-stream"})
+        assert response.status_code == 400  # a torn record: still the client's error on the numpy engine
+    with pytest.raises(ValueError, match="needs torch"), TestClient(create_app(Settings(
+            model=REPO / "models" / "weights" / "spquant-n.pt", runtime="numpy"))):
+        pass
