@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -20,7 +21,9 @@ from data.formats.recording import open_recording
 from data.gen1 import list_recordings
 from data.windows import iter_windows
 from models.inference.stream import StreamingDetector
-from models.networks.detector import SpikingYOLO
+
+if TYPE_CHECKING:  # a type only: evaluating an exported model needs no torch
+    from models.networks.detector import SpikingYOLO
 
 
 @dataclass

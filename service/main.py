@@ -14,8 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from data.errors import EventDataError
-from models.inference.bundled import default_model_path
-from models.inference.loading import load_model
+from models.inference.loading import default_model, load_model
 from service.errors import ServiceError
 from service.inference import DetectionEngine
 from service.metrics import Metrics
@@ -42,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        path = settings.model or default_model_path()
+        path = settings.model or default_model(settings.runtime)
         detector = await asyncio.to_thread(load_model, path, settings.integer, settings.runtime)
         # torch is loaded only where a torch model serves (never imported here: the numpy engine needs none of it)
         torch = sys.modules.get("torch")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.inference.bundled import default_model_path
+from models.inference.loading import default_model
 from models.inference.loading import load_model as load_model_file
 
 if TYPE_CHECKING:  # torch types: an exported model runs without torch (the numpy engine where torch is missing)
@@ -27,4 +27,4 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> SpikingYOLO | Runtime | NumpyRuntime:
     """The detector named by ``--model`` (or the bundled one), in eval mode (a ``.spq`` on the numpy engine where
     torch cannot be imported)."""
-    return load_model_file(args.model if args.model is not None else default_model_path())
+    return load_model_file(args.model if args.model is not None else default_model())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.inference.bundled import default_model_path
+from models.inference.loading import default_model
 from service.settings import Settings
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from service.main import create_app
 
     settings = Settings.from_env(model=args.model, host=args.host, port=args.port)
-    model = settings.model or default_model_path()
+    model = settings.model or default_model(settings.runtime)
     if not model.is_file():
         raise FileNotFoundError(f"no such checkpoint: {model}")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, ws_max_size=settings.max_message_bytes)

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from models.inference.bundled import default_model_path
 from models.inference.numpy_runtime import NumpyRuntime
 from models.inference.spq import is_spq
 
@@ -48,6 +49,11 @@ def resolve_runtime(runtime: str = "auto") -> Literal["numpy", "torch"]:
     if runtime == "auto":
         return "torch" if torch_available() else "numpy"
     return runtime  # type: ignore[return-value]
+
+
+def default_model(runtime: str = "auto") -> Path:
+    """The bundled model for ``runtime``: its checkpoint where torch runs it, its export on the numpy engine."""
+    return default_model_path(torch_free=resolve_runtime(runtime) == "numpy")
 
 
 def load_model(path: str | os.PathLike[str], integer: bool = False,

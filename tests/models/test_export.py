@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app.cli import main
-from models.inference.bundled import default_model_path
+from models.inference.bundled import BUNDLED_EXPORT, default_model_path
 from models.inference.export import export_model, fixed_point, fold
 from models.inference.loading import load_model
 from models.inference.runtime import Runtime
@@ -253,3 +253,12 @@ def test_torch_state_is_untouched_by_export():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fold(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_bundled_export_is_the_export_of_the_bundled_checkpoint():
+    """models/weights/spquant-n.spq (what a machine without torch serves) must follow spquant-n.pt."""
+    meta, tensors = read_spq(BUNDLED_EXPORT)
+    fresh_meta, fresh_tensors = fold(load_detector(default_model_path()))
+    assert meta == json.loads(json.dumps(fresh_meta))
+    assert set(tensors) == set(fresh_tensors)
+    assert all(np.array_equal(tensors[k], v) for k, v in fresh_tensors.items())

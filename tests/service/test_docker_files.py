@@ -22,8 +22,7 @@ DOCKER = REPO / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
 # SPQUANT_RUNTIME (the .spq engine, default auto) is new with the torch-free serving path; the container files gain
 # it with the edge image (issue 17): until then the image runs its default.
-NOT_YET_IN_DOCKER = {ENV_PREFIX + "RUNTIME"}
-SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields} - NOT_YET_IN_DOCKER
+SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
 def _hadolint() -> str | None:
