@@ -67,12 +67,17 @@ def running_server(settings: Settings, timeout_s: float = 30.0) -> Iterator[str]
 
 
 @contextmanager
-def serve_process(checkpoint: Path, timeout_s: float = 90.0, **env: str) -> Iterator[int]:
+def serve_process(checkpoint: Path, timeout_s: float = 90.0, command: list[str] | None = None,
+                  unset: tuple[str, ...] = (), **env: str) -> Iterator[int]:
     """A real ``spquant serve`` subprocess serving ``checkpoint`` on a free port (``env``: more ``SPQUANT_*``
-    settings); yields the port once ``/healthz`` answers ok, terminates it on exit."""
+    settings, ``unset``: variables removed; ``command``: another way to start it); yields the port once ``/healthz``
+    answers ok, terminates it on exit."""
     port = free_port()
     environ = {**os.environ, "SPQUANT_MODEL": str(checkpoint), "SPQUANT_PORT": str(port), **env}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=environ, stdout=subprocess.DEVNULL,
+    for name in unset:
+        environ.pop(name, None)
+    process = subprocess.Popen(command or [sys.executable, "-m", "app.cli", "serve"], env=environ,
+                               cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout_s

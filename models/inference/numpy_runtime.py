@@ -43,6 +43,7 @@ from models.inference.kernels import (
 )
 from models.inference.numpy_detect import NumpyDetect, non_max_suppression
 from models.inference.spq import ExportFormatError, read_spq, unpack_codes
+from models.networks.frozen_config import sensor_size
 from models.networks.graph import Graph, Node
 
 try:  # caps BLAS threads per call (see NumpyRuntime); optional: without it BLAS keeps its own default
@@ -93,9 +94,7 @@ class SpqConfig:
     def sensor_size(self) -> tuple[int, int]:
         """(width, height) of the sensor the model expects: the recorded one, else the input size (as
         ``DetectorConfig.sensor_size``)."""
-        if self.sensor_width and self.sensor_height:
-            return self.sensor_width, self.sensor_height
-        return self.input_width, self.input_height
+        return sensor_size(self.sensor_width, self.sensor_height, self.input_width, self.input_height)
 
     @property
     def padded_size(self) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import yaml
 from torch import Tensor, nn
 
 from models.networks.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
-from models.networks.frozen_config import FrozenConfig, check
+from models.networks.frozen_config import FrozenConfig, check, sensor_size
 from models.networks.graph import Graph, GraphError, ModuleOps, Node
 from models.networks.head import detect_head
 from models.networks.neuron import IntegerLIF, NeuronConfig
@@ -125,9 +125,7 @@ class DetectorConfig(FrozenConfig):
     @property
     def sensor_size(self) -> tuple[int, int]:
         """(width, height) of the sensor the model expects: the recorded one, else the input size."""
-        if self.sensor_width and self.sensor_height:
-            return self.sensor_width, self.sensor_height
-        return self.input_width, self.input_height
+        return sensor_size(self.sensor_width, self.sensor_height, self.input_width, self.input_height)
 
     @property
     def padded_size(self) -> tuple[int, int]:

@@ -36,3 +36,10 @@ def check(condition: bool, message: str) -> None:
 def is_real(value: Any) -> bool:
     """True for int and float values, False for bool (a bool is never a valid number in a config)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def sensor_size(sensor_width: int, sensor_height: int, input_width: int, input_height: int) -> tuple[int, int]:
+    """(width, height) of the sensor a model expects: the recorded one (both set), else its input size."""
+    if sensor_width and sensor_height:
+        return sensor_width, sensor_height
+    return input_width, input_height

@@ -6,14 +6,9 @@ runs the CLI's ``serve``; the blocker logs every name it refuses, so the test al
 """
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,7 +27,7 @@ from service.main import create_app
 from service.settings import Settings
 from tests.conftest import REPO
 from tests.helpers import SAMPLE
-from tests.service_support import free_port
+from tests.service_support import serve_process
 
 BOOTSTRAP = textwrap.dedent("""
     import os
@@ -68,31 +63,11 @@ def events():
     return concat_events(list(open_recording(SAMPLE).iter_chunks()))
 
 
-@contextmanager
-def torch_free_server(model: Path, log: Path, timeout_s: float = 120.0) -> Iterator[int]:
-    """``spquant serve`` of ``model`` with torch, torchvision and ultralytics blocked; yields its port."""
-    port = free_port()
-    env = {**os.environ, "SPQUANT_MODEL": str(model), "SPQUANT_PORT": str(port), "SPQUANT_THREADS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE", "BLOCKED_LOG": str(log)}
-    env.pop("SPQUANT_RUNTIME", None)  # the default, auto, must find torch missing by itself
-    process = subprocess.Popen([sys.executable, "-c", BOOTSTRAP], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    health = json.load(response)
-                    break
-            except OSError:
-                assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, f"server did not come up in {timeout_s:.0f} s"
-                time.sleep(0.2)
-        assert health == {"status": "ok", "model_loaded": True, "active_sessions": 0}
-        yield port
-    finally:
-        process.terminate()
-        process.wait(30)
+def torch_free_server(model: Path, log: Path, timeout_s: float = 120.0):
+    """``spquant serve`` of ``model`` with torch, torchvision and ultralytics blocked (a context yielding its port);
+    the default runtime, auto, must find torch missing by itself."""
+    return serve_process(model, timeout_s, [sys.executable, "-c", BOOTSTRAP], unset=("SPQUANT_RUNTIME",),
+                         SPQUANT_THREADS="1", OMP_WAIT_POLICY="PASSIVE", BLOCKED_LOG=str(log))
 
 
 @pytest.fixture(scope="module")
