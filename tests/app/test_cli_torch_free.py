@@ -21,7 +21,7 @@ BLOCKED_CLI = textwrap.dedent("""
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ("torch", "torchvision", "ultralytics"):
-                raise ImportError(f"blocked import of {name}")
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
             return None
 
     sys.meta_path.insert(0, Block())
@@ -64,3 +64,11 @@ def test_eval_without_torch(tmp_path):
 def test_a_checkpoint_without_torch_is_a_clean_error(tmp_path):
     done = _torch_free("predict", str(SAMPLE), "--model", str(BUNDLED_MODEL), "--out", str(tmp_path / "x.npy"))
     assert done.returncode == 2 and "needs torch" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_commands_that_need_torch_say_which_extra_installs_it(tmp_path):
+    done = _torch_free("export", "--out", str(tmp_path / "m.spq"))
+    assert done.returncode == 2 and "needs torch" in done.stderr and "spquant[train]" in done.stderr
+    assert "Traceback" not in done.stderr
+    listing = _torch_free("--help")
+    assert listing.returncode == 0 and "predict" in listing.stdout and "(unavailable: needs torch" in listing.stdout
