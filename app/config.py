@@ -97,6 +97,8 @@ def _validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"train_max_box_width must lie in (0, 1], got {config['train_max_box_width']}")
     if config["workers"] < 0:
         raise ConfigError(f"workers must be >= 0, got {config['workers']}")
+    if config["amp"] not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"amp must be none, bf16 or fp16, got {config['amp']!r}")
     if config["lif"] not in ("fused", "reference"):
         raise ConfigError(f"lif must be fused or reference, got {config['lif']!r}")
     if not 0 <= config["ema_decay"] < 1:

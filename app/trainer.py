@@ -95,6 +95,11 @@ class _Unroll(nn.Module):
         return outputs, state
 
 
+def _float_outputs(preds: dict[str, Any]) -> dict[str, Any]:
+    """The head's training outputs in float32 (``boxes``, ``scores``: tensors; ``feats``: a list of tensors)."""
+    return {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in preds.items()}
+
+
 def training_sensor(recordings: list[RecordingFiles]) -> tuple[int, int] | None:
     """The sensor size shared by every training recording (its DAT header, else Gen1's); None when they differ."""
     sizes = {(r.width, r.height) for r in (DatRecording(files.events) for files in recordings)}
@@ -150,6 +155,12 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = self.progress_requested and self.is_main
         self.device = _device(self.config["device"], local_rank)
+        amp = self.config["amp"]
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp=fp16 needs a CUDA device (on a CPU use amp=bf16 or none)")
+        # Mixed precision covers convs, BN and the head; neurons and quantizers stay float32 (IntegerLIF casts up).
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
     def _build_model(self, model: SpikingYOLO | None) -> None:
         """The detector (given or built from the config), its unroll (DDP-wrapped when distributed) and its loss."""
@@ -157,6 +168,8 @@ class Trainer:
         self.detector_config = model.config if model is not None else detector_config_from(config)
         self.model = (model if model is not None else build_detector(self.detector_config)).to(self.device)
         use_implementation(self.model, config.get("lif", "fused"))
+        if config["channels_last"]:  # conv weights in NHWC: faster convs on GPUs with tensor cores
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.unroll: nn.Module = _Unroll(self.model)
         if self.world_size > 1:
             self.unroll = nn.parallel.DistributedDataParallel(self.unroll)
@@ -287,7 +300,10 @@ class Trainer:
             x = self._to_device(batch.inputs)  # [L, B, T, 2, H, W] uint8
             state = detach_state(state)  # truncated BPTT: no gradient into the previous chunk
             reset = self._to_device(batch.reset)
-            outputs, state = self.unroll(x, reset, state)
+            with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                outputs, state = self.unroll(x, reset, state)
+            if self.autocast_dtype is not None:  # the loss (assigner, DFL, IoU) in float32
+                outputs = [_float_outputs(preds) for preds in outputs]
             total = torch.zeros((), device=self.device)
             if self.teacher is not None:
                 with torch.no_grad():
@@ -306,10 +322,12 @@ class Trainer:
                     total = total + 0.0 * (preds["scores"].sum() + preds["boxes"].sum())
             if total.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
-                (total / x.shape[0] / x.shape[1]).backward()
+                self.grad_scaler.scale(total / x.shape[0] / x.shape[1]).backward()
                 if self.config["grad_clip"] > 0:
+                    self.grad_scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
-                self.optimizer.step()
+                self.grad_scaler.step(self.optimizer)
+                self.grad_scaler.update()
                 if self.ema is not None:
                     self.ema.update(self.model)
             with warnings.catch_warnings():

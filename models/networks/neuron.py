@@ -148,6 +148,8 @@ class IntegerLIF(nn.Module):
                              f"{x.dtype} {tuple(x.shape)}")
         if self.config.per_channel_threshold and x.shape[-3] != self.channels:
             raise ValueError(f"IntegerLIF has {self.channels} channels, input has {x.shape[-3]}")
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # mixed precision stops here: the membrane, θ and the level quantizer stay float32
         steps = x if x.dim() == 5 else x.unsqueeze(0)  # [T, B, C, H, W]
         state = self._checked_state(state, steps)
         if self.implementation == "fused" and not self._membrane_hooks and fusable(steps, state):

@@ -153,6 +153,7 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
         (["train", "epochs=1"], "no training data"),
         (["train", "workers=-1"], "workers must be >= 0"),
         (["train", "lif=fast"], "lif must be fused or reference"),
+        (["train", "amp=fp8"], "amp must be none, bf16 or fp16"),
         (["train", "data=/nonexistent"], "does not exist"),
         (["eval", "--model", "/nonexistent.pt", "--data", "/x"], "no such"),
         (["predict", "/nonexistent.dat", "--out", "/tmp/x.npy"], "No such file"),
@@ -168,3 +169,19 @@ def test_a_run_records_the_sensor_of_its_training_data(trained):
     detector = read_checkpoint(trained / "weights" / "best.pt")["detector"]
     assert (detector["sensor_width"], detector["sensor_height"]) == (304, 240)
     assert (detector["input_width"], detector["input_height"]) != (304, 240)
+
+
+def test_bf16_autocast_and_channels_last_train_on_a_cpu(tiny_dataset, tmp_path):
+    """The GPU switches run on a CPU too (bf16 autocast exists there): the run trains and its losses are finite."""
+    args = ["train", f"data={tiny_dataset}", "epochs=1", f"project={tmp_path}", "name=amp", "amp=bf16",
+            "channels_last=true", "threads=2", *TINY]
+    assert main([*args, "--quiet"]) == 0
+    rows = (tmp_path / "amp" / "metrics.csv").read_text().strip().splitlines()
+    loss = float(rows[1].split(",")[rows[0].split(",").index("loss")])
+    assert np.isfinite(loss) and loss > 0
+
+
+def test_fp16_needs_a_cuda_device(tiny_dataset, tmp_path, capsys):
+    args = ["train", f"data={tiny_dataset}", "epochs=1", f"project={tmp_path}", "amp=fp16", "device=cpu", *TINY]
+    assert main(args) == 2
+    assert "amp=fp16 needs a CUDA device" in capsys.readouterr().err

@@ -259,3 +259,13 @@ def test_neuron_config_dict_round_trip() -> None:
         NeuronConfig.from_dict({"leak": 7})
     with pytest.raises(AttributeError):
         config.leak = 0.5  # frozen
+
+
+def test_half_precision_input_runs_the_neuron_in_float32():
+    """Under autocast a conv hands bf16 currents to the neuron: membranes, θ and the quantizer stay float32."""
+    neuron = IntegerLIF()
+    x = (torch.randn(4, 2, 3, 5, 5) * 2).to(torch.bfloat16)
+    spikes, state = neuron(x)
+    reference_spikes, reference_state = neuron(x.float())
+    assert spikes.dtype == state.dtype == torch.float32
+    assert torch.equal(spikes, reference_spikes) and torch.equal(state, reference_state)
