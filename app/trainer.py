@@ -31,9 +31,9 @@ from data.box_filter import BoxFilter
 from data.formats.dat import DatRecording
 from data.gen1 import RecordingFiles, list_recordings
 from data.loader import epoch_batches
-from data.representation import StackedHistogram
 from data.sequences import SequenceStreams
 from models.compress.distill import DistillationLoss, frozen_teacher
+from models.inference.stream import input_histogram
 from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.networks.loss import DetectionLoss, select_images
@@ -193,13 +193,7 @@ class Trainer:
             self.detector_config = dataclasses.replace(self.detector_config, sensor_width=sensor[0],
                                                        sensor_height=sensor[1])
             self.model.config = self.detector_config
-        histogram = StackedHistogram(
-            bins=config["bins"],
-            window_us=config["window_us"],
-            height=config["input_height"],
-            width=config["input_width"],
-            cutoff=config["cutoff"],
-        )
+        histogram = input_histogram(self.detector_config)  # what the streaming detector feeds the trained model
         augmentation = Augmentation(config["flip_prob"], config["zoom_prob"], config["max_zoom"])
         self.streams = SequenceStreams(
             list_recordings(config["data"], config["train_split"]),

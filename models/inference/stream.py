@@ -133,6 +133,13 @@ def _is_torch_module(model: Any) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
+def input_histogram(config: Any) -> StackedHistogram:
+    """The network input of a detector ``config``: a window's events binned into ``[T, 2, H, W]`` counts at the input
+    size — the one transform that training, evaluation, prediction and the service share."""
+    return StackedHistogram(bins=config.bins, window_us=config.window_us, height=config.input_height,
+                            width=config.input_width, cutoff=config.cutoff)
+
+
 class StreamingDetector:
     """A detector plus its input representation and NMS, for batch-1 streams of windows.
 
@@ -150,9 +157,7 @@ class StreamingDetector:
         self.model = model.eval() if _is_torch_module(model) else model
         self._arrays = _arrays_of(model)
         cfg = model.config
-        self.histogram = StackedHistogram(
-            bins=cfg.bins, window_us=cfg.window_us, height=cfg.input_height, width=cfg.input_width, cutoff=cfg.cutoff
-        )
+        self.histogram = input_histogram(cfg)
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         width, height = sensor_size or cfg.sensor_size  # default: the sensor the model was trained for
         self.letterbox = Letterbox(width, height, cfg.input_width, cfg.input_height)
