@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from models.inference.kernels import im2col_kernel
-from models.inference.spq import unpack_codes
+from models.inference.spq import head_weight
 
 MERGE_CHANNELS = 32  # as FusedDetect: merge the depthwise 3×3 into the box branch's 3×3 up to this many channels
 BN_EPS = 1e-5  # ultralytics' Conv uses BatchNorm2d's default eps (not stored in the file)
@@ -60,14 +60,7 @@ class _HeadTensors:
 
     def weight(self, key: str) -> np.ndarray:
         """The float32 weight ``[Cout, Cin, k, k]`` stored under ``head.<key>``."""
-        if key not in self.packed:
-            return self.tensors[f"head.{key}"].astype(np.float32)
-        spec = self.packed[key]
-        shape, scale = spec["shape"], self.tensors[f"head.{key.removesuffix('.weight')}.scale"]
-        if scale.shape != (shape[0],):
-            raise ValueError(f"head.{key}: {scale.shape} scales for {shape[0]} output channels")
-        codes = unpack_codes(self.tensors[f"head.{key}"], spec["bits"], int(np.prod(shape))).reshape(shape)
-        return codes.astype(np.float32) * scale.astype(np.float32).reshape(-1, 1, 1, 1)
+        return head_weight(self.tensors, key, self.packed)
 
     def folded(self, prefix: str) -> tuple[np.ndarray, np.ndarray]:
         """Conv-BN ``prefix`` as one conv: float64 ``(weight [Cout, Cin, k, k], bias [Cout])``."""

@@ -42,7 +42,7 @@ from models.inference.kernels import (
     scatter_spikes_kernel,
 )
 from models.inference.numpy_detect import NumpyDetect, non_max_suppression
-from models.inference.spq import ExportFormatError, read_spq, unpack_codes
+from models.inference.spq import ExportFormatError, conv_codes, read_spq
 from models.networks.frozen_config import sensor_size
 from models.networks.graph import Graph, Node
 
@@ -106,8 +106,8 @@ class _Conv:
     """An integer conv: weights as float32 codes ``[Cout, Cin·k·k]`` (the GEMM's), its fixed-point map ``(M, R, s)``."""
 
     def __init__(self, spec: Mapping[str, Any], tensors: dict[str, np.ndarray], name: str) -> None:
-        shape = (spec["out_channels"], spec["in_channels"], *spec["kernel"])
-        codes = unpack_codes(tensors[f"{name}.weight"], spec["bits"], int(np.prod(shape))).reshape(shape)
+        codes = conv_codes(tensors, name, spec)  # [Cout, Cin, k, k]
+        shape = codes.shape
         self.weight = np.ascontiguousarray(codes.reshape(shape[0], -1), dtype=np.float32)
         # [Cin, k, k, Cout]: the event-driven conv adds one input's Cout weights at a time
         self.scatter_weight = np.ascontiguousarray(codes.transpose(1, 2, 3, 0), dtype=np.float32)

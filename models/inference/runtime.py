@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from models.inference.export import fold
 from models.inference.fused_head import FusedDetect
 from models.inference.kernels import lif_kernel, map_kernel, scatter_bytes_kernel, scatter_conv_kernel
-from models.inference.spq import ExportFormatError, read_spq, unpack_codes
+from models.inference.spq import ExportFormatError, conv_codes, head_weight, read_spq
 from models.networks.detector import DetectorConfig, SpikingYOLO
 from models.networks.graph import Graph, ModuleOps, Node
 from models.networks.head import detect_head
@@ -87,9 +87,9 @@ class IntConv(nn.Module):
 
     def __init__(self, spec: dict[str, Any], tensors: dict[str, np.ndarray], name: str) -> None:
         super().__init__()
-        shape = (spec["out_channels"], spec["in_channels"], *spec["kernel"])
-        codes = unpack_codes(tensors[f"{name}.weight"], spec["bits"], int(np.prod(shape)))
-        self.register_buffer("weight", torch.from_numpy(codes.reshape(shape).astype(np.float32)))
+        codes = conv_codes(tensors, name, spec)  # [Cout, Cin, k, k]
+        shape = codes.shape
+        self.register_buffer("weight", torch.from_numpy(codes.astype(np.float32)))
         self.map = FixedPointMap(tensors, name)
         self.stride, self.padding = tuple(spec["stride"]), tuple(spec["padding"])
         self.square = shape[2] == shape[3] and len(set(self.stride)) == 1 and len(set(self.padding)) == 1
@@ -172,13 +172,9 @@ def _head_state(packed: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[
     """The Detect head's state dict from the ``head.*`` tensors: each weight listed in ``packed`` (a fake-quantized
     conv's) as float32 ``codes × scale`` — the product :func:`~models.networks.quant.fake_quant_weight` forms — the
     rest as stored."""
-    state = {k[5:]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith("head.")}
-    for key, spec in packed.items():
-        shape, scale = spec["shape"], state.pop(f"{key.removesuffix('.weight')}.scale")
-        if scale.shape != (shape[0],):
-            raise ValueError(f"head.{key}: {tuple(scale.shape)} scales for {shape[0]} output channels")
-        codes = unpack_codes(tensors[f"head.{key}"], spec["bits"], int(np.prod(shape))).reshape(shape)
-        state[key] = torch.from_numpy(codes).to(torch.float32) * scale.view(-1, 1, 1, 1)  # [Cout, Cin, k, k]
+    state = {k[5:]: torch.from_numpy(v) for k, v in tensors.items()
+             if k.startswith("head.") and not k.endswith(".scale")}
+    state.update({key: torch.from_numpy(head_weight(tensors, key, packed)) for key in packed})
     return state
 
 

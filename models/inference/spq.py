@@ -57,6 +57,25 @@ def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return np.where(values >= 1 << (bits - 1), values - (1 << bits), values).astype(np.int8)
 
 
+def conv_codes(tensors: dict[str, np.ndarray], name: str, spec: dict[str, Any]) -> np.ndarray:
+    """The int8 weight codes ``[Cout, Cin, k, k]`` of the integer conv ``name`` (its node attributes: ``spec``)."""
+    shape = (spec["out_channels"], spec["in_channels"], *spec["kernel"])
+    return unpack_codes(tensors[f"{name}.weight"], spec["bits"], int(np.prod(shape))).reshape(shape)
+
+
+def head_weight(tensors: dict[str, np.ndarray], key: str, packed: dict[str, Any]) -> np.ndarray:
+    """The float32 weight stored under ``head.<key>``: for a fake-quantized conv listed in ``packed``, its
+    ``codes × scale`` (the product the fake-quant forward forms), else as stored."""
+    if key not in packed:
+        return tensors[f"head.{key}"].astype(np.float32)
+    spec = packed[key]
+    shape, scale = spec["shape"], tensors[f"head.{key.removesuffix('.weight')}.scale"]
+    if scale.shape != (shape[0],):
+        raise ValueError(f"head.{key}: {tuple(scale.shape)} scales for {shape[0]} output channels")
+    codes = unpack_codes(tensors[f"head.{key}"], spec["bits"], int(np.prod(shape))).reshape(shape)
+    return codes.astype(np.float32) * scale.astype(np.float32).reshape(-1, 1, 1, 1)  # [Cout, Cin, k, k]
+
+
 # ------------------------------------------------------------------------------------------------------ file format
 
 
