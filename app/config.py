@@ -16,6 +16,15 @@ import yaml
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "cfg" / "default.yaml"
 
 
+# The quantization keys default to null (the detector's default, or the init= model's value), so they are checked here.
+QUANTIZATION_CHOICES: dict[str, tuple[Any, ...]] = {
+    "weight_bits": (2, 3, 4, 5, 6, 7, 8),
+    "head_bits": (2, 3, 4, 5, 6, 7, 8, 32),
+    "head_act_bits": (0, 2, 3, 4, 5, 6, 7, 8),
+    "weight_quantizer": ("maxabs", "sawb"),
+}
+
+
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
 
@@ -101,5 +110,8 @@ def _validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"amp must be none, bf16 or fp16, got {config['amp']!r}")
     if config["lif"] not in ("fused", "reference"):
         raise ConfigError(f"lif must be fused or reference, got {config['lif']!r}")
+    for key, allowed in QUANTIZATION_CHOICES.items():
+        if config[key] is not None and (config[key] not in allowed or isinstance(config[key], bool)):
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))} (or null), got {config[key]!r}")
     if not 0 <= config["ema_decay"] < 1:
         raise ConfigError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")

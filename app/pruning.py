@@ -18,7 +18,7 @@ from typing import Any
 from app.config import build_config, load_defaults
 from data.gen1 import list_recordings
 from models.compress.prune import ChannelMasks, PrunePlan, channel_importance, plan_pruning, remove_channels
-from models.networks.detector import SpikingYOLO, build_detector
+from models.networks.detector import SpikingYOLO, requantized
 
 # Training keys a fine-tune inherits from the checkpoint's own training run (optimisation and augmentation).
 INHERITED_KEYS = ("batch", "seq_len", "weight_decay", "ema_decay", "grad_clip", "box_gain", "cls_gain", "dfl_gain",
@@ -85,15 +85,6 @@ def cubic_ramp(step: int, ramp_steps: int) -> float:
     return 1.0 - (1.0 - min(1.0, step / max(ramp_steps, 1))) ** 3
 
 
-def with_head_bits(model: SpikingYOLO, head_bits: int | None) -> SpikingYOLO:
-    """``model`` with its Detect head fake-quantized at ``head_bits`` (same weights); unchanged when None or equal."""
-    if head_bits is None or head_bits == model.config.head_bits:
-        return model
-    converted = build_detector(dataclasses.replace(model.config, head_bits=head_bits))
-    converted.load_state_dict(model.state_dict())
-    return converted.train(model.training)
-
-
 def prune_detector(
     model: SpikingYOLO,
     data: str | os.PathLike[str],
@@ -107,7 +98,7 @@ def prune_detector(
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    model = with_head_bits(model, settings.head_bits).eval()
+    model = (model if settings.head_bits is None else requantized(model, head_bits=settings.head_bits)).eval()
     calibration = channel_importance(
         model, [r.events for r in list_recordings(data, "train")], settings.calibration_windows, progress
     )

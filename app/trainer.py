@@ -35,7 +35,7 @@ from data.sequences import SequenceStreams
 from models.compress.distill import DistillationLoss, frozen_teacher
 from models.inference.stream import input_histogram
 from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
-from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.detector import QUANTIZATION_FIELDS, DetectorConfig, SpikingYOLO, build_detector, requantized
 from models.networks.loss import DetectionLoss, select_images
 from models.networks.neuron import use_implementation
 from models.networks.state import detach_state, reset_state
@@ -45,20 +45,22 @@ from models.networks.ultralytics_parts import ModelEMA
 METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds", "data_share")
 
 
-# Training-config keys that are DetectorConfig fields (the architecture part of a config).
-ARCHITECTURE_KEYS = ("variant", "scale", "bins", "window_us", "cutoff", "input_width", "input_height", "weight_bits",
-                     "membrane_lb", "leak")
+# Training-config keys that are DetectorConfig fields: the architecture, and its quantization (null = the default).
+ARCHITECTURE_KEYS = ("variant", "scale", "bins", "window_us", "cutoff", "input_width", "input_height", "membrane_lb",
+                     "leak")
 
 
 def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
-    """The architecture part of a training config."""
+    """The architecture and quantization part of a training config."""
     values = {key: config[key] for key in ARCHITECTURE_KEYS}
-    return DetectorConfig(**{**values, "membrane_lb": float(values["membrane_lb"]), "leak": float(values["leak"])})
+    quantization = {key: config[key] for key in QUANTIZATION_FIELDS if config.get(key) is not None}
+    return DetectorConfig(**{**values, **quantization, "membrane_lb": float(values["membrane_lb"]),
+                             "leak": float(values["leak"])})
 
 
 def architecture_keys(detector: DetectorConfig) -> dict[str, Any]:
     """The training-config keys that describe ``detector`` (inverse of :func:`detector_config_from`)."""
-    return {key: getattr(detector, key) for key in ARCHITECTURE_KEYS}
+    return {key: getattr(detector, key) for key in (*ARCHITECTURE_KEYS, *QUANTIZATION_FIELDS)}
 
 
 def _device(name: str, local_rank: int) -> torch.device:
@@ -122,6 +124,8 @@ class Trainer:
             raise ValueError("no training data: pass data=ROOT (a Gen1-layout folder, e.g. from `spquant synth`)")
         if model is None and config.get("init"):  # also on resume: a pruned start cannot be rebuilt from keys
             model = load_detector(config["init"]).train()
+            given = {key: config[key] for key in QUANTIZATION_FIELDS if config.get(key) is not None}
+            model = requantized(model, **given)
         if model is not None:  # the starting model's architecture wins over the config's (recorded as trained)
             config = {**config, **architecture_keys(model.config)}
         self.config = config

@@ -36,7 +36,9 @@ class DetectorConfig(FrozenConfig):
 
     Input: windows of ``window_us`` cut into ``bins`` time bins (= SNN time steps) of 2 polarities, counts clipped
     at ``cutoff``, ``input_width`` × ``input_height`` padded to a multiple of 32. ``head_bits`` fake-quantizes the
-    Detect head's weights (32 = floating point, the default). ``channels`` narrows channel groups (a pruned model:
+    Detect head's weights (32 = floating point, the default); ``head_act_bits`` > 0 quantizes its hidden activations too
+(an integer head; needs ``head_bits`` < 32). ``weight_quantizer`` is the scale rule of 3..8-bit weights (``maxabs``
+or ``sawb``; ternary weights use TWN's rule either way). ``channels`` narrows channel groups (a pruned model:
     ``{group: width}``; empty = the scale's YAML widths, see :func:`default_widths`). ``sensor_width`` ×
     ``sensor_height`` is the camera the model was trained for (what callers assume when a recording or request names
     no sensor size; 0 = the input size, as in checkpoints written before the field existed).
@@ -56,6 +58,8 @@ class DetectorConfig(FrozenConfig):
     leak: float = 0.5
     reg_max: int = 16
     head_bits: int = 32
+    head_act_bits: int = 0
+    weight_quantizer: str = "maxabs"
     channels: tuple[tuple[str, int], ...] = ()
     sensor_width: int = 0
     sensor_height: int = 0
@@ -76,7 +80,11 @@ class DetectorConfig(FrozenConfig):
               f"give both sensor_width and sensor_height, or neither; got {self.sensor_width}x{self.sensor_height}")
         check(self.head_bits == FULL_PRECISION_BITS or self.quantized,
               f"the baseline variant keeps a full-precision head, got head_bits={self.head_bits}")
-        QuantConfig(weight_bits=self.head_bits)  # raises ValueError on bad bits
+        QuantConfig(weight_bits=self.head_bits, scale_rule=self.weight_quantizer)  # raises ValueError on bad values
+        check(isinstance(self.head_act_bits, int) and (self.head_act_bits == 0 or 2 <= self.head_act_bits <= 8),
+              f"head_act_bits must be 0 (float activations) or an int in 2..8, got {self.head_act_bits!r}")
+        check(self.head_act_bits == 0 or self.head_bits != FULL_PRECISION_BITS,
+              f"an integer head (head_act_bits={self.head_act_bits}) needs quantized head weights (head_bits < 32)")
         pairs = self.channels.items() if isinstance(self.channels, Mapping) else self.channels
         check(all(isinstance(p, tuple | list) and len(p) == 2 for p in pairs),
               "channels must map channel-group names to widths")
@@ -116,11 +124,12 @@ class DetectorConfig(FrozenConfig):
         """The weight quantization of a spiking layer (FP32 in the baseline)."""
         if not self.quantized:
             return QuantConfig(weight_bits=32)
-        return QuantConfig(weight_bits=self.first_layer_bits if first_layer else self.weight_bits)
+        return QuantConfig(weight_bits=self.first_layer_bits if first_layer else self.weight_bits,
+                           scale_rule=self.weight_quantizer)
 
     def head_quant(self) -> QuantConfig:
         """The weight quantization of the Detect head's convs (``head_bits``; 32 = floating point, the default)."""
-        return QuantConfig(weight_bits=self.head_bits)
+        return QuantConfig(weight_bits=self.head_bits, scale_rule=self.weight_quantizer)
 
     @property
     def sensor_size(self) -> tuple[int, int]:
@@ -254,7 +263,7 @@ class SpikingYOLO(nn.Module):
         neck_width = config.widths()["neck"]
         self.neck = SpikingFPN(self.backbone.out_channels, neck_width, config)
         self.head = detect_head(neck_width, len(STRIDES), config.class_names, config.reg_max, config.widths(),
-                                config.head_quant())
+                                config.head_quant(), config.head_act_bits)
         self.head.stride = torch.tensor(STRIDES, dtype=torch.float32)
         self.head.bias_init()
         backbone, features = self.backbone.nodes("backbone.", "x")
@@ -283,3 +292,23 @@ def build_detector(config: DetectorConfig | dict[str, Any]) -> SpikingYOLO:
     if not isinstance(config, DetectorConfig):
         config = DetectorConfig.from_dict(config)
     return SpikingYOLO(config)
+
+
+QUANTIZATION_FIELDS = ("weight_bits", "head_bits", "head_act_bits", "weight_quantizer")
+
+
+def requantized(model: SpikingYOLO, **changes: Any) -> SpikingYOLO:
+    """``model``'s weights under other quantization settings (:data:`QUANTIZATION_FIELDS`): the start of a
+    quantization-aware fine-tune. Unchanged when nothing changes; new activation quantizers calibrate on their first
+    input."""
+    unknown = sorted(set(changes) - set(QUANTIZATION_FIELDS))
+    check(not unknown,
+          f"requantized changes quantization fields only ({', '.join(QUANTIZATION_FIELDS)}), got {unknown}")
+    config = dataclasses.replace(model.config, **changes)
+    if config == model.config:
+        return model
+    converted = build_detector(config)
+    missing, unexpected = converted.load_state_dict(model.state_dict(), strict=False)
+    check(not unexpected and all(key.endswith(".act.scale") for key in missing),
+          f"cannot requantize: unexpected keys {unexpected[:3]}, missing keys {missing[:3]}")
+    return converted.train(model.training)

@@ -11,14 +11,15 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from models.networks.quant import QuantConfig, QuantConv2d
+from models.networks.quant import QuantConfig, QuantConv2d, QuantSiLU
 from models.networks.ultralytics_parts import Conv, Detect, DWConv
 
 
 def detect_head(in_channels: int, levels: int, class_names: Sequence[str], reg_max: int, widths: Mapping[str, int],
-                quant: QuantConfig) -> Detect:
+                quant: QuantConfig, act_bits: int = 0) -> Detect:
     """ultralytics' Detect head over ``levels`` levels of ``in_channels``, with hidden widths ``head{k}.box.{0,1}`` /
-    ``head{k}.cls.{0,1}`` from ``widths`` and its convs fake-quantized by ``quant`` (none at 32 bits)."""
+    ``head{k}.cls.{0,1}`` from ``widths``, its convs fake-quantized by ``quant`` (none at 32 bits) and, with
+    ``act_bits`` > 0, every hidden Conv-BN-SiLU's activation quantized (:class:`QuantSiLU`): an integer head."""
     nc = len(class_names)
     head = Detect(nc=nc, reg_max=reg_max, ch=(in_channels,) * levels)
     for k in range(levels):
@@ -37,6 +38,11 @@ def detect_head(in_channels: int, levels: int, class_names: Sequence[str], reg_m
     if not quant.full_precision:
         _quantize_convs(head.cv2, quant)
         _quantize_convs(head.cv3, quant)
+    if act_bits:
+        for branch in (head.cv2, head.cv3):
+            for block in branch.modules():
+                if isinstance(block, Conv):  # DWConv is a Conv too
+                    block.act = QuantSiLU(act_bits)
     return head
 
 

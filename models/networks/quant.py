@@ -1,10 +1,16 @@
 """Quantization grids: the membrane level grid, and per-output-channel symmetric weight fake-quant with an STE.
 
-Weights: ``b`` bits give integer codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` times one scale per output channel
-(max-abs calibration, recomputed every forward); 2 bits means ternary codes ``{-1, 0, 1}`` with a TWN threshold
-(``|w| > t·mean|w|``) and scale ``mean |w|`` over the kept weights. 32 bits means full precision (no quantizer),
-so the baseline uses the same module classes. ``weight_codes`` returns exactly the integers and scales that the
-fake-quant forward multiplies, which is what an integer exporter stores.
+Weights: ``b`` bits give integer codes in ``[-(2^(b-1)-1), 2^(b-1)-1]`` times one scale per output channel,
+recomputed every forward: ``maxabs`` (the channel's max |w| maps to the top code) or ``sawb`` (the SpQuant code's
+SAWB "asymm" rule: the clip range is ``2·mean|w|``, so outliers clip and the bulk of the weights gets finer
+steps); 2 bits means ternary codes ``{-1, 0, 1}`` with a TWN threshold (``|w| > t·mean|w|``) and scale
+``mean |w|`` over the kept weights, under either rule. 32 bits means full precision (no quantizer), so the baseline
+uses the same module classes. ``weight_codes`` returns exactly the integers and scales that the fake-quant forward
+multiplies, which is what an integer exporter stores.
+
+Activations (the Detect head's, where ``head_act_bits`` is set): :class:`QuantSiLU` quantizes a conv's pre-activation
+to signed ``b``-bit codes on a calibrated per-tensor scale, applies SiLU, and quantizes the result on the same scale,
+so an integer runtime needs one requantization and a ``2^b``-entry lookup table per layer.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor, nn
 from models.networks.frozen_config import FrozenConfig, check, is_real
 
 FULL_PRECISION_BITS = 32
+SCALE_RULES = ("maxabs", "sawb")
 _EPS = 1e-12  # scale floor for all-zero channels (their codes are 0 anyway)
 
 
@@ -95,11 +102,13 @@ class LevelGrid:
 class QuantConfig(FrozenConfig):
     """Weight quantization of one block: ``weight_bits`` in 2..8 (2 = ternary) or 32 (full precision).
 
-    ``ternary_threshold`` is TWN's ``t`` in ``|w| > t·mean|w|`` (only used at 2 bits).
+    ``ternary_threshold`` is TWN's ``t`` in ``|w| > t·mean|w|`` (only used at 2 bits); ``scale_rule`` is how the
+    per-channel scale is set at 3..8 bits: ``maxabs`` or ``sawb`` (see the module docstring).
     """
 
     weight_bits: int = 4
     ternary_threshold: float = 0.7
+    scale_rule: str = "maxabs"
 
     def __post_init__(self) -> None:
         check(isinstance(self.weight_bits, int) and not isinstance(self.weight_bits, bool)
@@ -107,6 +116,8 @@ class QuantConfig(FrozenConfig):
               f"QuantConfig.weight_bits must be an int in 2..8 or 32 (full precision), got {self.weight_bits!r}")
         check(is_real(self.ternary_threshold) and 0 <= self.ternary_threshold < 2,
               f"QuantConfig.ternary_threshold must be a number in [0, 2), got {self.ternary_threshold!r}")
+        check(self.scale_rule in SCALE_RULES,
+              f"QuantConfig.scale_rule must be one of {SCALE_RULES}, got {self.scale_rule!r}")
 
     @property
     def full_precision(self) -> bool:
@@ -124,7 +135,8 @@ def _codes_and_scale(weight: Tensor, config: QuantConfig) -> tuple[Tensor, Tenso
         codes = torch.sign(weight.detach()) * kept.view_as(weight)
     else:
         top = 2 ** (config.weight_bits - 1) - 1
-        scale = flat.amax(dim=1) / top
+        clip = 2 * flat.mean(dim=1) if config.scale_rule == "sawb" else flat.amax(dim=1)  # [C_out]
+        scale = clip / top
         codes = torch.round(weight.detach() / _per_channel(scale.clamp(min=_EPS), weight)).clamp(-top, top)
     return codes, scale.clamp(min=_EPS)
 
@@ -166,3 +178,39 @@ class QuantConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weight_bits={self.quant.weight_bits}"
+
+
+def fake_quant_activation(x: Tensor, scale: Tensor, top: int) -> Tensor:
+    """``x`` on the grid ``scale·{-top..top}``: ``floor(x/scale + 1/2)`` clamped (round half up, as an integer datapath
+    adds half and shifts); the backward passes the gradient inside the range and stops it where the value clips."""
+    codes = torch.floor(x / scale + 0.5).clamp(-top, top)
+    inside = (x.abs() <= (top + 0.5) * scale).to(x.dtype)
+    return x * inside + (codes * scale - x * inside).detach()
+
+
+class QuantSiLU(nn.Module):
+    """SiLU between two ``bits``-bit activation quantizers on one per-tensor ``scale``: ``q(SiLU(q(z)))``.
+
+    The input quantizer makes the pre-activation a small integer code, so an integer runtime evaluates SiLU as a
+    lookup table of ``2^bits`` entries; the output quantizer makes the next conv's input an integer. ``scale`` is
+    calibrated in training as an exponential moving average of ``max|z| / top`` (``momentum``); a module that has
+    never seen data (scale 0) calibrates on its first input, in any mode.
+    """
+
+    def __init__(self, bits: int = 8, momentum: float = 0.01) -> None:
+        super().__init__()
+        check(isinstance(bits, int) and 2 <= bits <= 8, f"activation bits must be an int in 2..8, got {bits!r}")
+        self.bits, self.top, self.momentum = bits, 2 ** (bits - 1) - 1, momentum
+        self.register_buffer("scale", torch.zeros(()))
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.training or self.scale.item() == 0:
+            with torch.no_grad():
+                observed = z.detach().abs().amax().float() / self.top
+                first = self.scale == 0
+                self.scale.copy_(torch.where(first, observed, torch.lerp(self.scale, observed, self.momentum)))
+        scale = self.scale.clamp(min=_EPS).to(z.dtype)
+        return fake_quant_activation(nn.functional.silu(fake_quant_activation(z, scale, self.top)), scale, self.top)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"

@@ -126,6 +126,25 @@ def test_init_starts_a_new_run_from_a_checkpoint_and_keeps_its_architecture(trai
     assert "input_width: 80" in (tmp_path / "longer" / "config.yaml").read_text()
 
 
+def test_init_with_quantization_keys_requantizes_the_same_weights(trained, tiny_dataset, tmp_path):
+    """A quantization-aware fine-tune: the init model's weights under ternary spiking layers and an integer head."""
+    init = trained / "weights" / "best.pt"
+    args = ["train", f"data={tiny_dataset}", f"init={init}", "epochs=1", "lr=1e-12", "ema_decay=0",
+            "weight_bits=2", "head_bits=4", "head_act_bits=8", f"project={tmp_path}", "name=ternary", "batch=2",
+            "seq_len=2", "val_recordings=1", "threads=2"]
+    assert main([*args, "--quiet"]) == 0
+    start, after = read_checkpoint(init), read_checkpoint(tmp_path / "ternary" / "weights" / "last.pt")
+    assert (after["detector"]["weight_bits"], after["detector"]["head_bits"], after["detector"]["head_act_bits"]) \
+        == (2, 4, 8)
+    assert {k: v for k, v in after["detector"].items() if "bits" not in k} \
+        == {k: v for k, v in start["detector"].items() if "bits" not in k}
+    scales = {k: v for k, v in after["model"].items() if k.endswith(".act.scale")}
+    assert len(scales) == 18 and all(v > 0 for v in scales.values())  # 6 hidden layers × 3 levels, calibrated
+    assert torch.allclose(after["model"]["head.cv2.0.2.weight"], start["model"]["head.cv2.0.2.weight"], atol=1e-6)
+    config = (tmp_path / "ternary" / "config.yaml").read_text()
+    assert "weight_bits: 2" in config and "head_act_bits: 8" in config
+
+
 def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
     teacher = trained / "weights" / "best.pt"
     common = ["train", f"data={tiny_dataset}", f"init={teacher}", "epochs=1", "ema_decay=0", f"project={tmp_path}",
@@ -154,6 +173,10 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
         (["train", "workers=-1"], "workers must be >= 0"),
         (["train", "lif=fast"], "lif must be fused or reference"),
         (["train", "amp=fp8"], "amp must be none, bf16 or fp16"),
+        (["train", "weight_bits=1"], "weight_bits must be one of"),
+        (["train", "head_bits=16"], "head_bits must be one of"),
+        (["train", "weight_quantizer=lsq"], "weight_quantizer must be one of"),
+        (["train", "data=/tmp", "head_act_bits=8"], "needs quantized head weights"),
         (["train", "data=/nonexistent"], "does not exist"),
         (["eval", "--model", "/nonexistent.pt", "--data", "/x"], "no such"),
         (["predict", "/nonexistent.dat", "--out", "/tmp/x.npy"], "No such file"),

@@ -4,7 +4,7 @@ import torch
 
 from data.formats.labels import make_boxes
 from models.networks.checkpoint import CheckpointError, load_detector, read_checkpoint, save_checkpoint
-from models.networks.detector import DetectorConfig, build_detector
+from models.networks.detector import DetectorConfig, build_detector, requantized
 from models.networks.loss import DetectionLoss, select_images
 from models.networks.state import detach_state, reset_state, state_nbytes
 from tests.helpers import TINY, calibrated
@@ -78,10 +78,31 @@ def test_bad_input_shapes():
         model(torch.zeros(2, 1, 2, 60, 96))
 
 
-@pytest.mark.parametrize("kwargs", [{"variant": "fp16"}, {"scale": "xl"}, {"bins": 0}, {"class_names": ()}])
+@pytest.mark.parametrize("kwargs", [{"variant": "fp16"}, {"scale": "xl"}, {"bins": 0}, {"class_names": ()},
+                                    {"head_act_bits": 8}, {"head_bits": 4, "head_act_bits": 9},
+                                    {"weight_quantizer": "lsq"}, {"variant": "baseline", "head_bits": 4}])
 def test_bad_detector_config(kwargs):
     with pytest.raises(ValueError):
         DetectorConfig(**kwargs)
+
+
+def test_requantized_keeps_the_weights_and_changes_only_quantization():
+    torch.manual_seed(0)
+    model = build_detector(DetectorConfig(input_width=64, input_height=64, bins=2)).eval()
+    assert requantized(model) is model
+    integer = requantized(model, weight_bits=2, head_bits=4, head_act_bits=8, weight_quantizer="sawb")
+    assert (integer.config.weight_bits, integer.config.head_bits, integer.config.head_act_bits) == (2, 4, 8)
+    assert not integer.training
+    source = model.state_dict()
+    for key, value in integer.state_dict().items():
+        if key.endswith(".act.scale"):
+            assert value == 0  # calibrates on its first input
+        else:
+            assert torch.equal(value, source[key]), key
+    out, _ = integer(torch.ones(2, 1, 2, 64, 64))
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="quantization fields only"):
+        requantized(model, scale="s")
 
 
 def test_loss_is_finite_with_and_without_targets():

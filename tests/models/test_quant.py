@@ -7,7 +7,15 @@ import itertools
 import pytest
 import torch
 
-from models.networks.quant import LevelGrid, QuantConfig, QuantConv2d, fake_quant_weight, weight_codes
+from models.networks.quant import (
+    LevelGrid,
+    QuantConfig,
+    QuantConv2d,
+    QuantSiLU,
+    fake_quant_activation,
+    fake_quant_weight,
+    weight_codes,
+)
 
 
 @pytest.mark.parametrize("bits", [3, 4, 8])
@@ -119,3 +127,53 @@ def test_level_grid(grid: LevelGrid, levels: list[float], bits: int) -> None:
 def test_bad_level_grid_raises(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LevelGrid(**kwargs)
+
+
+def test_sawb_clips_at_twice_the_mean_magnitude() -> None:
+    torch.manual_seed(2)
+    weight = torch.randn(5, 4, 3, 3)
+    weight[0, 0, 0, 0] = 50.0  # one outlier: max-abs would waste the grid on it, SAWB clips it
+    config = QuantConfig(weight_bits=4, scale_rule="sawb")
+    codes, scale = weight_codes(weight, config)
+    assert torch.allclose(scale, 2 * weight.abs().mean(dim=(1, 2, 3)) / 7)
+    assert codes[0, 0, 0, 0] == 7 and codes.abs().max() == 7
+    maxabs_scale = weight_codes(weight, QuantConfig(weight_bits=4))[1]
+    assert scale[0] < maxabs_scale[0] / 5
+    # ternary ignores the rule: TWN either way
+    assert torch.equal(weight_codes(weight, QuantConfig(weight_bits=2, scale_rule="sawb"))[0],
+                       weight_codes(weight, QuantConfig(weight_bits=2))[0])
+    with pytest.raises(ValueError, match="scale_rule"):
+        QuantConfig(scale_rule="lsq")
+
+
+def test_activation_fake_quant_rounds_half_up_and_clips_the_gradient() -> None:
+    scale = torch.tensor(0.5)
+    x = torch.tensor([-100.0, -0.25, 0.25, 0.74, 0.75, 100.0], requires_grad=True)
+    y = fake_quant_activation(x, scale, 3)
+    assert y.tolist() == [-1.5, 0.0, 0.5, 0.5, 1.0, 1.5]  # -0.25/0.5 + 0.5 = 0 → code 0; 0.25 → code 1
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_quant_silu_calibrates_then_holds_its_scale_in_eval() -> None:
+    torch.manual_seed(3)
+    act = QuantSiLU(8)
+    assert act.scale.item() == 0
+    z = torch.randn(2, 4, 5, 5) * 3
+    y = act(z)  # first input, in train mode: scale = max|z| / 127
+    assert torch.isclose(act.scale, z.abs().max() / 127)
+    codes = y / act.scale
+    assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 127
+    assert (y - torch.nn.functional.silu(z)).abs().max() <= act.scale * 1.01 + 1e-6  # about a step from SiLU
+    act.train()
+    act(z * 2)
+    moved = act.scale.item()
+    assert z.abs().max().item() / 127 < moved < 2 * z.abs().max().item() / 127  # a moving average, not a jump
+    act.eval()
+    act(z * 10)
+    assert act.scale.item() == moved
+    fresh = QuantSiLU(4).eval()
+    fresh(z)  # never calibrated: calibrates once even in eval
+    assert torch.isclose(fresh.scale, z.abs().max() / 7)
+    with pytest.raises(ValueError, match="activation bits"):
+        QuantSiLU(1)
