@@ -6,12 +6,15 @@ trains the wrong model.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from data.augment import SensorAugmentation
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "cfg" / "default.yaml"
 
@@ -115,3 +118,16 @@ def _validate(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))} (or null), got {config[key]!r}")
     if not 0 <= config["ema_decay"] < 1:
         raise ConfigError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")
+    try:
+        sensor = sensor_augmentation(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if sensor.enabled and importlib.util.find_spec("tonic") is None:
+        raise ConfigError("refractory_us, drop_event, time_jitter_us and uniform_noise_hz need tonic, which this "
+                          "install lacks (pip install 'spquant[events]')")
+
+
+def sensor_augmentation(config: Mapping[str, Any]) -> SensorAugmentation:
+    """The sensor imperfections a training config asks for (its keys are the dataclass's fields)."""
+    return SensorAugmentation(config["refractory_us"], config["drop_event"], config["time_jitter_us"],
+                              config["uniform_noise_hz"])

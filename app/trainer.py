@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from app.config import load_defaults
+from app.config import load_defaults, sensor_augmentation
 from app.evaluator import evaluate_split
 from data.augment import Augmentation
 from data.box_filter import BoxFilter
@@ -198,7 +198,8 @@ class Trainer:
                                                        sensor_height=sensor[1])
             self.model.config = self.detector_config
         histogram = input_histogram(self.detector_config)  # what the streaming detector feeds the trained model
-        augmentation = Augmentation(config["flip_prob"], config["zoom_prob"], config["max_zoom"])
+        augmentation = Augmentation(config["flip_prob"], config["zoom_prob"], config["max_zoom"],
+                                    sensor_augmentation(config))
         self.streams = SequenceStreams(
             list_recordings(config["data"], config["train_split"]),
             histogram,

@@ -174,5 +174,6 @@ class SequenceStreams:
         rec = self.recordings[r]
         window = self.histogram.window_us
         events = rec.letterbox.map_events(rec.events.read(k * window, (k + 1) * window))
-        events = augment_events(events, params, self.histogram.width, self.histogram.height)
+        width, height = self.histogram.width, self.histogram.height
+        events = params.sensor(augment_events(events, params, width, height), k * window, window, width, height)
         return self.histogram(events, k * window)
