@@ -1,10 +1,13 @@
 """The SpQuant-SNN paper's table on our data: FP32 dense baseline, quantized, quantized + pruned.
 
-For each model: AP and AP50 on a split (Prophesee protocol, every recording streamed with its state), memory (weights
-at their bits + the membrane state of one stream) and FLOPs per window with the paper's accounting, both as
-reductions against the FP32 dense baseline: the first model of the same scale (so one run can hold several scales,
-each against its own baseline). FLOPs are measured on the same split's recordings. ``--plot`` draws the accuracy /
-FLOPs trade-off with the paper's target region.
+For each model: AP and AP50 on a split (Prophesee protocol, every recording streamed with its state); memory per
+stream, ideal (weights packed at their bits, the Detect head at ``head_bits``, + the packed membrane state) and
+shipped (the exported ``.spq`` file + the packed state); executed FLOPs per window with the paper's accounting (kept
+channels at every position + membrane updates of non-zero states: what the runtimes run), and beside them the
+event-driven ceiling (also skipping conv positions with a silent receptive field, as event-driven hardware could).
+Every reduction is against the FP32 dense baseline: the first model of the same scale (so one run can hold several
+scales, each against its own baseline). FLOPs are measured on the same split's recordings. ``--plot`` draws the
+accuracy / executed-FLOPs trade-off with the paper's target region.
 
 Run (the synthetic dataset of the README)::
 
@@ -75,7 +78,10 @@ def measure(name: str, path: Path, data: Path, split: str, windows: int) -> dict
         "weight_bytes": report["weight_bytes"],
         "state_bytes": report["state_bytes"],
         "memory_bytes": report["memory_bytes"],
-        "flops_effective": report["flops_effective"],
+        "shipped_bytes": report["shipped_bytes"],
+        "resident_model_bytes": report["resident_model_bytes"],
+        "flops_executed": report["flops_executed"],
+        "flops_event_driven": report["flops_effective"],
         "flops_dense": report["flops_dense"],
         "synops": report["synops"],
         "ms_per_window": round(ms_per_window, 2),
@@ -217,15 +223,21 @@ def main() -> None:
         reference = references.setdefault(row["scale"], row)
         row["reference"] = reference["name"]
         row["memory_reduction"] = reference["memory_bytes"] / row["memory_bytes"]
-        row["flops_reduction"] = reference["flops_dense"] / row["flops_effective"]
+        row["memory_reduction_shipped"] = (None if row["shipped_bytes"] is None
+                                           else reference["memory_bytes"] / (row["shipped_bytes"] + row["state_bytes"]))
+        row["flops_reduction"] = reference["flops_dense"] / row["flops_executed"]
+        row["flops_reduction_event_driven"] = reference["flops_dense"] / row["flops_event_driven"]
         row["AP_drop_points"] = 100 * (reference["AP"] - row["AP"])
     result = {
         "data": str(args.data),
         "split": args.split,
         "threads": args.threads,
-        "accounting": "memory = weights at their bits (packed) + one stream's membrane state (packed); FLOPs per "
-        "window = conv MACs over kept channels and active positions + non-zero membrane updates; reductions "
-        "and AP drop against the FP32 dense model of the first row of the same scale",
+        "accounting": "memory = weights packed at their bits (Detect head at head_bits; BN, thresholds, biases FP32) + "
+        "one stream's membrane state packed at the grid's bits; memory shipped = the exported .spq file + the same "
+        "state; FLOPs executed per window = conv MACs over the kept channels at every position + membrane updates of "
+        "non-zero states (what the runtimes run); FLOPs event-driven = the same less conv positions whose receptive "
+        "field is silent (a ceiling: what event-driven hardware could skip); reductions and AP drop against the FP32 "
+        "dense model of the first row of the same scale",
         "rows": rows,
         "gating_cpu": gating,
         "gating_ceiling": ceiling,
@@ -276,7 +288,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, flops_target: float = 
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlim(0.9, right)
     ax.set_ylim(bottom, top)
-    ax.set_xlabel("FLOPs reduction vs the scale's FP32 dense baseline (log)")
+    ax.set_xlabel("executed FLOPs reduction vs the scale's FP32 dense baseline (log)")
     ax.set_ylabel("AP change (points)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
@@ -288,17 +300,19 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, flops_target: float = 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows."""
     lines = [
-        "| model | weights | head | membrane | AP | AP50 | ΔAP (points) | memory | memory red. | MFLOPs/window "
-        "| FLOPs red. | CPU ms/window |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | weights | head | membrane | AP | AP50 | ΔAP (points) | memory | shipped .spq | memory red. "
+        "(ideal / shipped) | MFLOPs/window executed | FLOPs red. | event-driven ceiling | CPU ms/window |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         head = "FP32" if r["head_bits"] == 32 else f"{r['head_bits']}-bit"
+        shipped = "—" if r["shipped_bytes"] is None else f"{r['shipped_bytes'] / 1e3:.1f} kB"
+        shipped_red = "—" if r["memory_reduction_shipped"] is None else f"{r['memory_reduction_shipped']:.1f}x"
         lines.append(
             f"| {r['name']} | {r['weight_bits']}-bit | {head} | {r['membrane']} | {r['AP']:.3f} | {r['AP50']:.3f} | "
-            f"{0.0 - round(r['AP_drop_points'], 1):+.1f} | {r['memory_bytes'] / 1e3:.0f} kB | "
-            f"{r['memory_reduction']:.1f}x | "
-            f"{r['flops_effective'] / 1e6:.1f} | {r['flops_reduction']:.2f}x | {r['ms_per_window']:.1f} |"
+            f"{0.0 - round(r['AP_drop_points'], 1):+.1f} | {r['memory_bytes'] / 1e3:.1f} kB | {shipped} | "
+            f"{r['memory_reduction']:.1f}x / {shipped_red} | {r['flops_executed'] / 1e6:.1f} | "
+            f"{r['flops_reduction']:.2f}x | {r['flops_reduction_event_driven']:.2f}x | {r['ms_per_window']:.1f} |"
         )
     return "\n".join(lines)
 

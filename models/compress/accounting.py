@@ -2,36 +2,51 @@
 
 - **Conv FLOPs**: one multiply-accumulate per weight and output position, ``n·C_out·H'·W'·C_in/g·k²`` (the paper's
   ``bs·active_ch·H·W·(C_in/g·k²)``; ``n`` = time steps for the spiking layers, 1 for the head, which runs once per
-  window on the time-averaged spikes). *Dense* counts the scale's unpruned widths at every position. *Effective*
-  counts the channels the model keeps, and only output positions whose receptive field holds a non-zero input at
-  that step, at ``tile`` × ``tile`` granularity (spatial gating: a silent tile's conv output is exactly the BN shift,
-  a constant, so its conv is skipped without changing the result).
-- **Membrane FLOPs**: one update per neuron and time step (dense); effective: only neurons whose stored state is
-  non-zero after the step (the paper's ``(1 − frac(u == 0))``).
+  window on the time-averaged spikes). *Dense* counts the scale's unpruned widths at every position; *pruned* the
+  channels the model keeps, at every position.
+- **Membrane FLOPs**: one update per neuron and time step (dense, pruned); the paper counts only neurons whose stored
+  state is non-zero after the step (its ``(1 − frac(u == 0))``).
+- **Executed FLOPs** (``flops_executed``, the headline ``flops_reduction``): the work the runtimes run, by the paper's
+  formula — conv FLOPs over the kept channels at every position plus membrane updates of non-zero states (there is
+  no mask predictor to add).
+- **Event-driven FLOPs** (``flops_effective``, ``flops_reduction_event_driven``): the executed count less every conv
+  output position whose receptive field holds no non-zero input at that step, at ``tile`` × ``tile`` granularity (a
+  silent tile's conv output is exactly the BN shift, a constant). A ceiling: what event-driven hardware could skip.
+  The runtimes run dense convs (faster on a CPU) but for their event-driven paths — the first conv on sparse event
+  histograms, spike maps below 10 % density — whose savings the executed count does not credit either.
 - **SynOps**: non-zero inputs × fan-out of every spiking-layer conv (the head is counted in FLOPs only).
-- **Memory**: weights at their configured bits, packed (quantized convs at their bits, everything else FP32) vs FP32;
-  the membrane state one stream holds, packed at the level grid's bits, as int8 codes, and as FP32.
+- **Memory** (``memory_reduction``): packed weights — every quantized conv at its bits, the Detect head's at
+  ``head_bits``, the rest (BN, thresholds, biases) FP32 — plus the membrane state one stream holds, packed at the
+  level grid's bits. Beside it: the state as int8 codes and as FP32; the shipped ``.spq`` file
+  (``shipped_bytes``, ``memory_reduction_shipped`` with the packed state) and what the torch-free runtime holds
+  once loaded (``resident_model_bytes``, ``resident_state_bytes_per_stream``), measured on an export of the model.
 - **Energy** (the SNN literature's estimate): a conv that reads binary spikes costs its SynOps × E_AC (an input
   spike only adds its weights); a conv that reads non-binary values — the first conv (event counts) and the Detect
-  head (firing rates) — costs its effective MACs × E_MAC. Membrane updates, memory traffic and NMS are not counted.
-  E_MAC = 4.6 pJ and E_AC = 0.9 pJ are 32-bit float multiply + add and add at 45 nm (Horowitz, ISSCC 2014). The
-  reference is the dense FP32 network run as an ANN would run it: every MAC of every conv × E_MAC.
+  head (firing rates) — costs its event-driven MACs × E_MAC. Membrane updates, memory traffic and NMS are not
+  counted. E_MAC = 4.6 pJ and E_AC = 0.9 pJ are 32-bit float multiply + add and add at 45 nm (Horowitz, ISSCC 2014).
+  The reference is the dense FP32 network run as an ANN would run it: every MAC of every conv × E_MAC.
 
-The dense FP32 baseline of the same scale and input size is the reference of both reductions.
+The dense FP32 baseline of the same scale and input size is the reference of every reduction.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
+import tempfile
+import tracemalloc
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.inference.export import export_model
+from models.inference.spq import ExportFormatError, header_nbytes
 from models.inference.stream import run_recordings
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
 from models.networks.graph import conv_spec
@@ -61,8 +76,8 @@ class LayerCount:
     channels: int  # output channels (conv) or neurons per position (membrane)
     spiking: bool = True  # part of the SNN (runs every time step) rather than the head
     binary_input: bool = False  # a conv that reads spikes (costs accumulates) rather than counts or rates (MACs)
-    flops: float = 0.0  # at this model's widths, every position
-    effective: float = 0.0  # gated positions (conv) or non-zero states (membrane)
+    flops: float = 0.0  # at this model's widths, every position (conv) or every neuron (membrane)
+    effective: float = 0.0  # gated positions (conv) or non-zero states (membrane): the event-driven count
     synops: float = 0.0  # non-zero inputs × fan-out (spiking convs)
     spikes: float = 0.0  # spikes emitted (membrane)
     positions: float = 0.0  # output positions × steps seen
@@ -72,6 +87,11 @@ class LayerCount:
         fields = ("flops", "effective", "synops", "spikes", "positions")
         scaled = {f: getattr(self, f) / max(windows, 1) for f in fields}
         return dataclasses.replace(self, **scaled)
+
+    @property
+    def executed(self) -> float:
+        """What a runtime executes by the paper's formula: a conv at every position, a membrane's non-zero states."""
+        return self.flops if self.kind == "conv" else self.effective
 
     @property
     def active_fraction(self) -> float:
@@ -199,7 +219,7 @@ def static_counts(model: SpikingYOLO) -> list[LayerCount]:
 
 def dense_reference(config: DetectorConfig) -> SpikingYOLO:
     """The unpruned FP32 model of ``config``'s scale and input: the reference of every reduction."""
-    return build_detector(dataclasses.replace(config, variant="baseline", head_bits=32, channels=()))
+    return build_detector(dataclasses.replace(config, variant="baseline", head_bits=32, head_act_bits=0, channels=()))
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -258,6 +278,46 @@ def memory(model: SpikingYOLO) -> dict[str, int]:
     }
 
 
+def deployed_sizes(path: str | os.PathLike[str]) -> dict[str, int]:
+    """What an exported model costs deployed: ``shipped_bytes`` (its ``.spq`` file) and ``shipped_header_bytes`` (of
+    which the header), ``resident_model_bytes`` (what the torch-free runtime holds once it has loaded the file:
+    every allocation still live after :meth:`NumpyRuntime.load`, measured with tracemalloc, numpy buffers included)
+    and ``resident_state_bytes_per_stream`` (one stream's state as that runtime holds it: its footprint)."""
+    from models.inference.numpy_runtime import NumpyRuntime  # numba: imported when a report needs it
+
+    NumpyRuntime.load(path)  # a first load also fills module-level caches, which are not this model's
+    runtime, resident = _retained(lambda: NumpyRuntime.load(path))
+    return {"shipped_bytes": os.path.getsize(path), "shipped_header_bytes": header_nbytes(path),
+            "resident_model_bytes": resident,
+            "resident_state_bytes_per_stream": runtime.footprint()["state_bytes_per_stream"]}
+
+
+def _retained(build: Callable[[], Any]) -> tuple[Any, int]:
+    """``build()`` and the bytes it allocated that are still live while its result is held."""
+    tracing = tracemalloc.is_tracing()  # someone else's trace (python -X tracemalloc) keeps running
+    if not tracing:
+        tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        built = build()
+        gc.collect()
+        return built, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+
+
+def export_sizes(model: SpikingYOLO) -> dict[str, int]:
+    """:func:`deployed_sizes` of ``model``'s integer export, written to a temporary directory.
+
+    Raises:
+        ExportFormatError: the model has no integer form (an FP32 model, a leak that is no shift, ...).
+    """
+    with tempfile.TemporaryDirectory(prefix="spquant-report-") as tmp:
+        return deployed_sizes(export_model(model, Path(tmp) / "model.spq"))
+
+
 def model_report(
     model: SpikingYOLO,
     recordings: Iterable[str | os.PathLike[str]],
@@ -265,10 +325,12 @@ def model_report(
     tile: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Parameters, memory, FLOPs (dense, at kept widths, effective), SynOps and per-layer firing of ``model``.
+    """Parameters, memory (packed, shipped, resident), FLOPs (dense, at kept widths, executed, event-driven), SynOps,
+    energy and per-layer firing of ``model``.
 
-    The effective counts and firing rates are measured by streaming ``recordings`` (at most ``max_windows`` windows,
-    0 = all) through the model as ``eval`` does.
+    The executed and event-driven counts and the firing rates are measured by streaming ``recordings`` (at most
+    ``max_windows`` windows, 0 = all) through the model as ``eval`` does; the shipped and resident sizes on a
+    temporary export (None, with ``export_error`` saying why, for a model without an integer form).
     """
     model = model.eval()
     with FlopsCounter(model, tile) as counter:
@@ -278,37 +340,68 @@ def model_report(
     mem = memory(model)
     flops_dense = sum(c.flops for c in dense.values())
     flops_pruned = sum(c.flops for c in layers)
+    flops_executed = sum(c.executed for c in layers)
     flops_effective = sum(c.effective for c in layers)
     memory_bytes = mem["weight_bytes"] + mem["state_bytes"]
     fp32_memory = mem["fp32_weight_bytes"] + mem["fp32_state_bytes"]
+    try:
+        deployed: dict[str, Any] = {**export_sizes(model), "export_error": None}
+    except ExportFormatError as exc:
+        deployed = {**dict.fromkeys(("shipped_bytes", "shipped_header_bytes", "resident_model_bytes",
+                                     "resident_state_bytes_per_stream")), "export_error": str(exc)}
+    shipped = deployed["shipped_bytes"]
     cfg = model.config
     dense_widths = dataclasses.replace(cfg, channels=()).widths()
     energy = sum(c.energy_pj() for c in layers) * _PJ_TO_UJ
     energy_dense = sum(c.flops for c in dense.values() if c.kind == "conv") * E_MAC_PJ * _PJ_TO_UJ
     return {
         "model": {"variant": cfg.variant, "scale": cfg.scale, "input": [cfg.input_width, cfg.input_height],
-                  "bins": cfg.bins, "pruned": cfg.pruned},
+                  "bins": cfg.bins, "pruned": cfg.pruned, "weight_bits": cfg.weight_bits if cfg.quantized else 32,
+                  "first_layer_bits": cfg.first_layer_bits if cfg.quantized else 32, "head_bits": cfg.head_bits,
+                  "head_act_bits": cfg.head_act_bits},
         **mem,
         "memory_bytes": memory_bytes,
         "fp32_memory_bytes": fp32_memory,
         "memory_reduction": fp32_memory / memory_bytes,
+        **deployed,
+        "memory_reduction_shipped": None if shipped is None else fp32_memory / (shipped + mem["state_bytes"]),
         "flops_dense": flops_dense,
         "flops_pruned": flops_pruned,
+        "flops_executed": flops_executed,
         "flops_effective": flops_effective,
-        "flops_reduction": flops_dense / flops_effective,
+        "flops_reduction": flops_dense / flops_executed,
+        "flops_reduction_event_driven": flops_dense / flops_effective if flops_effective else math.inf,
         "flops_reduction_channels": flops_dense / flops_pruned,
         "synops": sum(c.synops for c in layers),
-        "head_flops_effective": sum(c.effective for c in layers if not c.spiking),
+        "head_flops_executed": sum(c.executed for c in layers if not c.spiking),
         "energy_uj_per_window": energy,
         "energy_uj_per_window_fp32_dense": energy_dense,
         "energy_reduction": energy_dense / energy if energy else math.inf,
         "energy_uj_per_window_int": sum(c.energy_pj(E_MAC_INT8_PJ, E_AC_INT_PJ) for c in layers) * _PJ_TO_UJ,
         "energy_constants": energy_constants(),
+        "accounting": ACCOUNTING,
         "windows": windows,
         "tile": tile,
         "channels": {name: [width, dense_widths[name]] for name, width in cfg.widths().items()},
         "layers": [_layer_row(c, dense.get(c.name)) for c in layers],
     }
+
+
+ACCOUNTING = {  # the report's definitions, kept in its JSON beside the figures
+    "reference": "the FP32 dense model of the same scale and input (unpruned widths, 32-bit weights and membranes)",
+    "flops_reduction": "flops_dense / flops_executed: conv MACs over the kept channels at every position plus "
+                       "membrane updates of non-zero states (the paper's formula; what the runtimes execute)",
+    "flops_reduction_event_driven": "flops_dense / flops_effective: as executed, less every conv output position "
+                                    "whose receptive field holds no non-zero input (at `tile` granularity): what "
+                                    "event-driven hardware could skip; the runtimes run dense convs but for the "
+                                    "first conv on sparse histograms and very sparse spike maps, and the executed "
+                                    "count credits those savings nothing",
+    "memory_reduction": "FP32 dense weights + state / (weights packed at their bits, the Detect head at head_bits, "
+                        "BN, thresholds and biases FP32, + one stream's membrane state packed at the grid's bits)",
+    "memory_reduction_shipped": "the same reference / (the exported .spq file + the packed state)",
+    "resident": "resident_model_bytes: allocations the torch-free runtime (NumpyRuntime) holds after loading the "
+                ".spq (tracemalloc); resident_state_bytes_per_stream: its int8 membrane codes per stream",
+}
 
 
 def energy_constants() -> dict[str, Any]:
@@ -332,6 +425,7 @@ def _layer_row(count: LayerCount, dense: LayerCount | None) -> dict[str, Any]:
         "channels_dense": dense.channels if dense else count.channels,
         "flops_dense": dense.flops if dense else count.flops,
         "flops": count.flops,
+        "flops_executed": count.executed,
         "flops_effective": count.effective,
         "active_fraction": round(count.active_fraction, 4),
         "energy_op": op,

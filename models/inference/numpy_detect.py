@@ -7,6 +7,16 @@ final 1×1 convs as one matmul, anchors cached, DFL as a softmax expectation. Ac
 (``[C, B, h, w]``: a conv is one GEMM ``W [Cout, Cin·k·k] @ cols [Cin·k·k, B·h·w]``). Float32 summation orders differ
 from PyTorch's, so outputs agree with the torch runtime's head to float32 rounding, not bit for bit.
 
+An *integer head* (exported from a model with ``head_act_bits`` > 0; its ``head_weights`` entries carry ``act_bits``,
+see :mod:`models.inference.export`) runs as integers up to its last two convs, with the same layout tricks: the
+first convs read the level's spike counts (rate × ``input_steps``), every hidden conv is a float32 GEMM of integer
+weight codes and integer activation codes (exact below 2^24, checked at export), then an int64 fixed-point
+requantization to the pre-activation code, clamped, and the SiLU as a table lookup (:func:`requant_kernel`); the
+final 1×1 convs give ``acc · scale + bias`` in float32, and the DFL softmax and the class sigmoid run in float64,
+rounded to float32. Every step is then either exact or correctly rounded, so the torch runtime's integer head
+(:class:`~models.inference.fused_head.IntegerDetect`) gives the same outputs bit for bit. :func:`integer_levels`
+reads the layers from the file for both runtimes.
+
 :func:`non_max_suppression` is ultralytics' ``non_max_suppression`` (the version pinned in the design notes, without
 torchvision: its ``TorchNMS.nms``) for the one case the streaming detector uses: ``[B, 4 + nc, A]`` xywh boxes and
 scores, best class per box, class-aware (boxes offset by ``class × max_wh``), ``conf > conf_thres``, IoU suppression
@@ -15,12 +25,15 @@ scores, best class per box, class-aware (boxes offset by ``class × max_wh``), `
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from models.inference.kernels import im2col_kernel
-from models.inference.spq import head_weight
+from models.inference.spq import head_weight, unpack_codes
 
 MERGE_CHANNELS = 32  # as FusedDetect: merge the depthwise 3×3 into the box branch's 3×3 up to this many channels
 BN_EPS = 1e-5  # ultralytics' Conv uses BatchNorm2d's default eps (not stored in the file)
@@ -81,6 +94,22 @@ def _f32(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def dense_depthwise(weight: np.ndarray) -> np.ndarray:
+    """A depthwise ``[C, 1, k, k]`` kernel as a dense ``[C, C, k, k]`` one (the kernel on the channel diagonal)."""
+    c = len(weight)
+    dense = np.zeros((c, c, *weight.shape[2:]), dtype=weight.dtype)
+    dense[np.arange(c), np.arange(c)] = weight[:, 0]
+    return dense
+
+
+def block_diagonal(box: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """The two final 1×1 convs ``[Cout, Cin]`` as one matmul over ``[box features; class features]``."""
+    final = np.zeros((len(box) + len(cls), box.shape[1] + cls.shape[1]), dtype=box.dtype)
+    final[:len(box), :box.shape[1]] = box
+    final[len(box):, box.shape[1]:] = cls
+    return final
+
+
 class _Level:
     """One level's box and class branches: rates ``[Cin, B, h, w]`` → raw ``[4·reg_max + nc, B·h·w]``."""
 
@@ -94,10 +123,8 @@ class _Level:
         self.split = w_box0.shape[0]
         self.merged = cin <= MERGE_CHANNELS
         if self.merged:  # the depthwise kernel on the channel diagonal of a dense 3×3: one GEMM for both
-            dense = np.zeros((cin, cin, 3, 3))
-            dense[np.arange(cin), np.arange(cin)] = w_dw0[:, 0]
-            self.w0, self.b0 = _f32(np.concatenate([w_box0, dense]).reshape(self.split + cin, -1)), _f32(
-                np.concatenate([b_box0, b_dw0])[:, None])
+            dense = np.concatenate([w_box0, dense_depthwise(w_dw0)])  # [box0 + Cin, Cin, 3, 3]
+            self.w0, self.b0 = _f32(dense.reshape(self.split + cin, -1)), _f32(np.concatenate([b_box0, b_dw0])[:, None])
         else:
             self.w0, self.b0 = _f32(w_box0.reshape(self.split, -1)), _f32(b_box0[:, None])
             self.w_dw0, self.b_dw0 = _f32(w_dw0.reshape(cin, 9, 1)), _f32(b_dw0[:, None])
@@ -111,9 +138,7 @@ class _Level:
         self.w_cls3, self.b_cls3 = _f32(w.reshape(len(w), -1)), _f32(b[:, None])
         w_box, b_box = head.plain(f"{box}.2")
         w_cls, b_cls = head.plain(f"{cls}.2")
-        final = np.zeros((len(w_box) + len(w_cls), w_box.shape[1] + w_cls.shape[1]))
-        final[:len(w_box), :w_box.shape[1]] = w_box.reshape(len(w_box), -1)
-        final[len(w_box):, w_box.shape[1]:] = w_cls.reshape(len(w_cls), -1)
+        final = block_diagonal(w_box.reshape(len(w_box), -1), w_cls.reshape(len(w_cls), -1))
         self.w_out, self.b_out = _f32(final), _f32(np.concatenate([b_box, b_cls])[:, None])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -137,18 +162,220 @@ def _depthwise(cols: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return (cols.reshape(len(weight), 9, -1) * weight).sum(1)
 
 
+# ---------------------------------------------------------------------------------------------------- integer head
+
+
+def is_integer_head(packed: Mapping[str, Any]) -> bool:
+    """Whether a detect node's ``head_weights`` describe an integer head (its hidden convs carry ``act_bits``)."""
+    return any("act_bits" in spec for spec in packed.values())
+
+
+def integer_branches(level: int) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """The box and class branches of an integer head at ``level``: the state-dict prefixes of their hidden
+    Conv-BN-SiLU layers in order (the first reads the level's spike counts, each next one the codes of the one
+    before), and of their final 1×1 conv."""
+    return (((f"cv2.{level}.0", f"cv2.{level}.1"), f"cv2.{level}.2"),
+            ((f"cv3.{level}.0.0", f"cv3.{level}.0.1", f"cv3.{level}.1.0", f"cv3.{level}.1.1"), f"cv3.{level}.2"))
+
+
+# (kernel, depthwise) of each branch's hidden layers: the Detect layout the integer runtimes implement
+_BOX_LAYERS = ((3, False), (3, False))
+_CLS_LAYERS = ((3, True), (1, False), (3, True), (1, False))
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerLayer:
+    """A hidden Conv-BN-SiLU of an integer head: output codes ``lut[clamp((acc·M + R) >> s, -top, top) + top]``, where
+    ``acc`` is its conv of integer weight codes over integer input codes."""
+
+    weight: np.ndarray  # [Cout, Cin / groups, k, k] float32 codes
+    multiplier: np.ndarray  # [Cout] int64
+    bias: np.ndarray  # [Cout] int64
+    shift: np.ndarray  # [Cout] int64
+    lut: np.ndarray  # [2·top + 1] float32: the output code of pre-activation code z sits at z + top
+    top: int
+    depthwise: bool  # one k×k filter per channel (weight [C, 1, k, k])
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerOutput:
+    """A final 1×1 conv of an integer head: logits ``acc · scale + bias`` (float32) from its integer accumulators."""
+
+    weight: np.ndarray  # [Cout, Cin] float32 codes
+    scale: np.ndarray  # [Cout, 1] float32: weight scale × the scale of the codes it reads
+    bias: np.ndarray  # [Cout, 1] float32
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerLevel:
+    """One level of an integer head: its first layers read spike counts (rate × ``steps``); box branch 3×3, 3×3, then
+    ``box_out``; class branch depthwise 3×3, 1×1, depthwise 3×3, 1×1, then ``cls_out``."""
+
+    steps: int
+    box: tuple[IntegerLayer, ...]
+    box_out: IntegerOutput
+    cls: tuple[IntegerLayer, ...]
+    cls_out: IntegerOutput
+
+
+def _codes(tensors: Mapping[str, np.ndarray], key: str, spec: Mapping[str, Any]) -> np.ndarray:
+    """The weight codes stored under ``head.<key>`` (float32, as the GEMMs take them)."""
+    shape = tuple(spec["shape"])
+    return unpack_codes(tensors[f"head.{key}"], spec["bits"], int(np.prod(shape))).reshape(shape).astype(np.float32)
+
+
+def integer_levels(tensors: Mapping[str, np.ndarray], packed: Mapping[str, Any], levels: int) -> list[IntegerLevel]:
+    """The integer head's layers, level by level, from a ``.spq`` file's ``head.*`` tensors and ``head_weights``;
+    ValueError where they do not form the Detect layout (channels chained, kernels and depthwise convs in place)."""
+    out = []
+    for level in range(levels):
+        branches = integer_branches(level)
+        (box, box_out), (cls, cls_out) = (_integer_branch(tensors, packed, hidden, final, layout)
+                                          for (hidden, final), layout in zip(branches, (_BOX_LAYERS, _CLS_LAYERS),
+                                                                             strict=True))
+        steps = {int(packed[f"{hidden[0]}.conv.weight"]["input_steps"]) for hidden, _ in branches}
+        if len(steps) != 1 or box[0].weight.shape[1] != cls[0].weight.shape[0]:
+            raise ValueError(f"head level {level}: its branches read {box[0].weight.shape[1]} and "
+                             f"{cls[0].weight.shape[0]} channels, counts of {sorted(steps)} steps")
+        out.append(IntegerLevel(steps.pop(), box, box_out, cls, cls_out))
+    return out
+
+
+def _integer_branch(tensors: Mapping[str, np.ndarray], packed: Mapping[str, Any], hidden: Sequence[str], final: str,
+                    layout: Sequence[tuple[int, bool]]) -> tuple[tuple[IntegerLayer, ...], IntegerOutput]:
+    """One branch's hidden layers (``layout``: kernel and depthwise of each) and final conv, each reading the
+    channels of the one before."""
+    layers, channels = [], None
+    for name, (kernel, depthwise) in zip(hidden, layout, strict=True):
+        spec = packed[f"{name}.conv.weight"]
+        weight = _codes(tensors, f"{name}.conv.weight", spec)
+        cout = len(weight)
+        inputs = channels if channels is not None else cout if depthwise else weight.shape[1]
+        expected = (cout, 1, kernel, kernel) if depthwise else (cout, inputs, kernel, kernel)
+        if weight.shape != expected or (depthwise and inputs != cout):
+            raise ValueError(f"head.{name}: weight {weight.shape} where the layout needs {expected} on {inputs} "
+                             f"channels")
+        top = 2 ** (int(spec["act_bits"]) - 1) - 1
+        maps = [np.ascontiguousarray(tensors[f"head.{name}.{k}"], dtype=np.int64)
+                for k in ("multiplier", "bias", "shift")]
+        lut = tensors[f"head.{name}.lut"].astype(np.float32)
+        if len(lut) != 2 * top + 1 or any(m.shape != (cout,) for m in maps):
+            raise ValueError(f"head.{name}: requantization tables do not fit {cout} channels of {spec['act_bits']}-bit "
+                             f"codes")
+        layers.append(IntegerLayer(weight, *maps, lut, top, depthwise))
+        channels = cout
+    weight = _codes(tensors, f"{final}.weight", packed[f"{final}.weight"])
+    if weight.shape[1:] != (channels, 1, 1):
+        raise ValueError(f"head.{final}: weight {weight.shape} after {channels} channels")
+    scale, bias = (tensors[f"head.{final}.{k}"].astype(np.float32).reshape(-1, 1) for k in ("scale", "bias"))
+    if not scale.shape == bias.shape == (len(weight), 1):
+        raise ValueError(f"head.{final}: {len(scale)} scales and {len(bias)} biases for {len(weight)} channels")
+    return tuple(layers), IntegerOutput(weight.reshape(len(weight), -1), scale, bias)
+
+
+@njit(cache=True, nogil=True)
+def requant_kernel(acc: np.ndarray, multiplier: np.ndarray, bias: np.ndarray, shift: np.ndarray, table: np.ndarray,
+                   luts: np.ndarray, top: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # acc [N, C, P] float32 integer accumulators → out [N, C, P] float32 activation codes: channel c's
+    # pre-activation code z = clamp((acc·M + R) >> s, -top, top) (rounded half up: R holds the half), and its output
+    # code luts[table[c], z + top]
+    for n in range(acc.shape[0]):
+        for c in range(acc.shape[1]):
+            m, r, s, lut = multiplier[c], bias[c], shift[c], luts[table[c]]
+            a, o = acc[n, c], out[n, c]
+            for p in range(acc.shape[2]):
+                z = (np.int64(a[p]) * m + r) >> s
+                o[p] = lut[min(max(z, -top), top) + top]
+
+
+class Requantizer:
+    """The requantization and SiLU table of integer layers whose outputs are stacked on channels (a merged conv)."""
+
+    def __init__(self, layers: Sequence[IntegerLayer]) -> None:
+        self.multiplier, self.bias, self.shift = (np.concatenate([getattr(layer, k) for layer in layers])
+                                                  for k in ("multiplier", "bias", "shift"))
+        self.table = np.repeat(np.arange(len(layers)), [len(layer.multiplier) for layer in layers])  # channel → lut
+        self.luts = np.stack([layer.lut for layer in layers])  # [layers, 2·top + 1]
+        self.top = layers[0].top
+        if any(layer.top != self.top for layer in layers):
+            raise ValueError("stacked integer layers must share their activation bits")
+
+    def __call__(self, acc: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Codes (float32) of the float32 accumulators ``acc`` ``[C, P]`` or ``[N, C, P]`` (C-contiguous)."""
+        out = np.empty(acc.shape, dtype=np.float32) if out is None else out
+        view = (1, *acc.shape) if acc.ndim == 2 else acc.shape
+        requant_kernel(acc.reshape(view), self.multiplier, self.bias, self.shift, self.table, self.luts, self.top,
+                       out.reshape(view))
+        return out
+
+
+class _IntegerLevel:
+    """One level of an integer head: rates ``[Cin, B, h, w]`` → raw ``[4·reg_max + nc, B·h·w]`` (see the module
+    docstring); the same layout as :class:`_Level`."""
+
+    def __init__(self, level: IntegerLevel) -> None:
+        box, cls = level.box, level.cls
+        cin = cls[0].weight.shape[0]
+        self.steps = np.float32(level.steps)
+        self.split = box[0].weight.shape[0]
+        self.merged = cin <= MERGE_CHANNELS
+        if self.merged:  # the depthwise kernel on the channel diagonal of a dense 3×3: one GEMM for both
+            dense = np.concatenate([box[0].weight, dense_depthwise(cls[0].weight)])  # [box0 + Cin, Cin, 3, 3]
+            self.w0 = _f32(dense.reshape(self.split + cin, -1))
+            self.act0 = Requantizer([box[0], cls[0]])
+        else:
+            self.w0, self.act0 = _f32(box[0].weight.reshape(self.split, -1)), Requantizer([box[0]])
+            self.w_dw0, self.act_dw0 = _f32(cls[0].weight.reshape(cin, 9, 1)), Requantizer([cls[0]])
+        self.w_box1, self.act_box1 = _f32(box[1].weight.reshape(len(box[1].weight), -1)), Requantizer([box[1]])
+        self.w_cls1, self.act_cls1 = _f32(cls[1].weight.reshape(len(cls[1].weight), -1)), Requantizer([cls[1]])
+        self.w_cls2, self.act_cls2 = _f32(cls[2].weight.reshape(len(cls[2].weight), 9, 1)), Requantizer([cls[2]])
+        self.w_cls3, self.act_cls3 = _f32(cls[3].weight.reshape(len(cls[3].weight), -1)), Requantizer([cls[3]])
+        self.w_out = _f32(block_diagonal(level.box_out.weight, level.cls_out.weight))
+        self.scale = _f32(np.concatenate([level.box_out.scale, level.cls_out.scale]))
+        self.bias = _f32(np.concatenate([level.box_out.bias, level.cls_out.bias]))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        _, b, h, w = x.shape
+        cols = conv_cols(np.rint(x * self.steps), 3, 1, 1)  # the spike counts' im2col: [Cin·9, B·h·w]
+        first = self.act0(self.w0 @ cols)  # codes [box0 (+ Cin), B·h·w]
+        if self.merged:
+            box, cls = first[:self.split], first[self.split:]
+        else:
+            box, cls = first, self.act_dw0(_depthwise(cols, self.w_dw0))
+        box = self.act_box1(self.w_box1 @ conv_cols(box.reshape(-1, b, h, w), 3, 1, 1))  # [box1, B·h·w]
+        cls = self.act_cls1(self.w_cls1 @ cls)  # 1×1: [cls0, B·h·w]
+        cls = self.act_cls2(_depthwise(conv_cols(cls.reshape(-1, b, h, w), 3, 1, 1), self.w_cls2))
+        cls = self.act_cls3(self.w_cls3 @ cls)  # [cls1, B·h·w]
+        raw = self.w_out @ np.concatenate([box, cls])  # exact integer accumulators [4·reg_max + nc, B·h·w]
+        raw *= self.scale  # two roundings (no fused multiply-add), as the torch runtime
+        raw += self.bias
+        return raw
+
+
+# -------------------------------------------------------------------------------------------------------- the head
+
+
 class NumpyDetect:
     """Inference Detect head from a ``.spq`` file's tensors: ``rates`` (one channel-major ``[C, B, h, w]`` float32
-    per level) → ``[B, 4 + nc, anchors]`` (xywh pixels, sigmoid scores), as the torch runtime's head."""
+    per level) → ``[B, 4 + nc, anchors]`` (xywh pixels, sigmoid scores), as the torch runtime's head.
+
+    ``packed`` is the detect node's ``head_weights``: a float head (fake-quantized weights or not) or an integer head
+    (:func:`is_integer_head`), whose DFL softmax and sigmoid run in float64 (see the module docstring).
+    """
 
     def __init__(self, tensors: dict[str, np.ndarray], packed: dict[str, Any], strides: list[int], reg_max: int,
                  nc: int) -> None:
-        head = _HeadTensors(tensors, packed)
-        self.levels = [_Level(head, i) for i in range(len(strides))]
+        if is_integer_head(packed):
+            self.levels = [_IntegerLevel(level) for level in integer_levels(tensors, packed, len(strides))]
+            self.precision = np.float64
+        else:
+            head = _HeadTensors(tensors, packed)
+            self.levels = [_Level(head, i) for i in range(len(strides))]
+            self.precision = np.float32
         self.strides, self.reg_max, self.nc = [float(s) for s in strides], reg_max, nc
         if self.levels[0].w_out.shape[0] != 4 * reg_max + nc:
             raise ValueError(f"head outputs {self.levels[0].w_out.shape[0]} channels, expected 4·{reg_max} + {nc}")
-        self.bins = np.arange(reg_max, dtype=np.float32).reshape(1, 1, -1, 1)
+        self.bins = np.arange(reg_max, dtype=self.precision).reshape(1, 1, -1, 1)
         self._anchors: dict[tuple[tuple[int, int], ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def anchors(self, sizes: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,12 +397,14 @@ class NumpyDetect:
                               for level, x in zip(self.levels, rates, strict=True)], 2)
         a = raw.shape[2]
         anchors, strides = self.anchors(tuple((x.shape[2], x.shape[3]) for x in rates))
-        logits = raw[:, :4 * self.reg_max].reshape(b, 4, self.reg_max, a)
+        logits = raw[:, :4 * self.reg_max].reshape(b, 4, self.reg_max, a).astype(self.precision, copy=False)
         e = np.exp(logits - logits.max(2, keepdims=True))
-        dist = (e / e.sum(2, keepdims=True) * self.bins).sum(2)  # DFL: expected bin per side, [B, 4, A]
+        # DFL: expected bin per side, [B, 4, A] float32
+        dist = (e / e.sum(2, keepdims=True) * self.bins).sum(2).astype(np.float32, copy=False)
         x1y1, x2y2 = anchors - dist[:, :2], anchors + dist[:, 2:]
         boxes = np.concatenate(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides  # xywh, pixels
-        return np.concatenate((boxes, _sigmoid(raw[:, 4 * self.reg_max:])), 1)
+        scores = _sigmoid(raw[:, 4 * self.reg_max:].astype(self.precision)).astype(np.float32, copy=False)
+        return np.concatenate((boxes, scores), 1)
 
 
 def non_max_suppression(y: np.ndarray, conf_thres: float = 0.25, iou_thres: float = 0.6, max_det: int = 100,

@@ -12,7 +12,10 @@ comparisons and clamps on int64 with int8 membrane codes, spikes are 0/1. What i
 as a float32 GEMM (PyTorch has no integer CPU conv) whose every partial sum is an integer below 2^24 and hence
 exact — bit-identical to int32 accumulation; and the ultralytics Detect head (DFL box decoding, sigmoid scores),
 which reads the firing rates ``spike count / T``, stays float32 as in the trained model (a fake-quantized head's conv
-weights are stored as packed codes and scales, and load as the fake-quantized weights ``codes × scale``).
+weights are stored as packed codes and scales, and load as the fake-quantized weights ``codes × scale``). A model
+exported with ``head_act_bits`` > 0 has an integer head instead
+(:class:`~models.inference.fused_head.IntegerDetect`): integer up to its final logits, whose DFL softmax and sigmoid
+stay float; its outputs equal the torch-free engine's bit for bit.
 
 Backends (chosen when the runtime is built, ``backend=``): ``"kernels"`` (:class:`KernelOps`, the default) runs
 the LIF (all T steps of a neuron in registers) and the requantization as compiled numba loops, the first conv
@@ -20,7 +23,9 @@ event-driven (work ∝ events) when the histogram is sparse, the FPN's upsample-
 fused (:class:`~models.inference.fused_head.FusedDetect`: BN folded, branches merged, anchors cached; derived at
 load, not stored), which agrees with the Detect head to float32 rounding. ``"reference"`` (:class:`ReferenceOps`)
 computes the same integers with PyTorch ops and runs the Detect head itself: the bit-exact reference the tests
-compare against, and what the ONNX export traces. In both, 1×1 convs run as matmuls.
+compare against, and what the ONNX export traces. In both, 1×1 convs run as matmuls. An integer head runs fused
+(branches merged, compiled requantization) on the kernels backend and layer by layer with PyTorch ops on the
+reference one: the same integers, so the same outputs.
 
 Batches: ``x [T, B, 2, H, W]`` with a state of int8 ``[B, C, h, w]`` codes runs B independent streams in one call,
 each with the results it gets alone.
@@ -41,13 +46,15 @@ import torch
 from torch import Tensor, nn
 
 from models.inference.export import fold
-from models.inference.fused_head import FusedDetect
+from models.inference.fused_head import FusedDetect, IntegerDetect
 from models.inference.kernels import lif_kernel, map_kernel, scatter_bytes_kernel, scatter_conv_kernel
-from models.inference.spq import ExportFormatError, conv_codes, head_weight, read_spq
+from models.inference.numpy_detect import integer_levels, is_integer_head
+from models.inference.spq import ExportFormatError, conv_codes, head_weight, read_spq, stored_nbytes
 from models.networks.detector import DetectorConfig, SpikingYOLO
 from models.networks.graph import Graph, ModuleOps, Node
 from models.networks.head import detect_head
 from models.networks.quant import FULL_PRECISION_BITS, QuantConfig
+from models.networks.ultralytics_parts import Detect
 
 State = dict[str, Tensor]
 SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven first conv
@@ -178,6 +185,28 @@ def _head_state(packed: dict[str, Any], tensors: dict[str, np.ndarray]) -> dict[
     return state
 
 
+def _heads(cfg: DetectorConfig, detect: Node, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, nn.Module | None]:
+    """The detect node's head for the reference backend and, where there is one, its fused form for the kernels
+    backend: ultralytics' Detect and :class:`FusedDetect`, or an integer head's two :class:`IntegerDetect` forms."""
+    packed, strides = detect.attrs["head_weights"], detect.attrs["strides"]
+    if len(detect.inputs) != len(strides):
+        raise ValueError(f"detect reads {len(detect.inputs)} levels with {strides} strides")
+    if is_integer_head(packed):
+        levels = integer_levels(tensors, packed, len(strides))
+        return tuple(IntegerDetect(levels, strides, cfg.reg_max, len(cfg.class_names), fused=fused).eval()
+                     for fused in (False, True))
+    # The head is built by the detector's own code from the config (hidden widths of a pruned head), with plain
+    # convs: a fake-quantized head's weights load as the codes × scale its forward used, and re-quantizing
+    # them on every call could only add error (it moves a ternary scale by an ulp).
+    head = detect_head(cfg.widths()["neck"], len(detect.inputs), cfg.class_names, cfg.reg_max, cfg.widths(),
+                       QuantConfig(weight_bits=FULL_PRECISION_BITS))
+    head.load_state_dict(_head_state(packed, tensors))
+    head.stride = torch.tensor(strides, dtype=torch.float32)
+    head.eval()
+    # Derived at load from the head's tensors (not stored); None: run the head as is
+    return head, FusedDetect(head) if FusedDetect.supports(head) else None
+
+
 def _key(name: str) -> str:
     return name.replace(".", "/")
 
@@ -211,17 +240,7 @@ class Runtime(nn.Module):
             self.lifs = nn.ModuleDict({_key(n.name): IntLIF(n.attrs, tensors, n.name, meta["frac_bits"])
                                        for n in graph.of_kind("lif")})
             (detect,) = graph.of_kind("detect")
-            # The head is built by the detector's own code from the config (hidden widths of a pruned head), with plain
-            # convs: a fake-quantized head's weights load as the codes × scale its forward used, and re-quantizing
-            # them on every call could only add error (it moves a ternary scale by an ulp).
-            cfg = self.config
-            self.head = detect_head(cfg.widths()["neck"], len(detect.inputs), cfg.class_names, cfg.reg_max,
-                                    cfg.widths(), QuantConfig(weight_bits=FULL_PRECISION_BITS))
-            self.head.load_state_dict(_head_state(detect.attrs["head_weights"], tensors))
-            self.head.stride = torch.tensor(detect.attrs["strides"], dtype=torch.float32)
-            self.head.eval()
-            # Derived at load from the head's tensors (not stored); None: run the head as is
-            self.fused_head = FusedDetect(self.head) if FusedDetect.supports(self.head) else None
+            self.head, self.fused_head = _heads(self.config, detect, tensors)
             layers = {**{n.name: self.convs[_key(n.name)] for n in graph.of_kind("conv")},
                       **{n.name: self.lifs[_key(n.name)] for n in graph.of_kind("lif")}, detect.name: self.head}
             self.graph = graph.bind(layers)
@@ -234,7 +253,7 @@ class Runtime(nn.Module):
         self.backend = backend
         self.ops = KernelOps(self) if backend == "kernels" else ReferenceOps(self)
         self.state_shapes = self.graph.state_shapes(*self.config.padded_size)
-        self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
+        self.weight_nbytes = stored_nbytes(tensors)  # as stored: packed codes, constants, head
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], backend: str = "kernels") -> Self:
@@ -302,7 +321,8 @@ class ReferenceOps:
         return spikes.mean(0)  # spike count / T, [B, C, h, w] float32, as the trained model
 
     def detect(self, node: Node, *rates: Tensor) -> Tensor:
-        return self.head(list(rates))[0]
+        y = self.head(list(rates))
+        return y[0] if isinstance(self.head, Detect) else y  # Detect's eval output is (y, raw levels)
 
 
 class KernelOps(ReferenceOps):

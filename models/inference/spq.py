@@ -1,34 +1,57 @@
 """The ``.spq`` file format: an exported integer model on disk, readable and writable without torch.
 
 The file is the safetensors layout (8-byte little-endian header length, a JSON header, raw little-endian tensor
-bytes), written without the safetensors package and loadable by it. The header's ``__metadata__`` holds ``format``,
-``version``, ``spquant`` (JSON: the detector config with class names, and the layer graph of
-:mod:`models.networks.graph` whose nodes carry their integer attributes) and ``sha256`` over the rest of the header
-and the data, so a corrupt file is refused. Conv weights are stored packed at their bit width (two's complement,
-little-endian bit order): :func:`pack_codes` / :func:`unpack_codes`. See :mod:`models.inference.export` for what the
-tensors mean (the folding, which needs torch) and the version history.
+bytes), written without the safetensors package and loadable by it. Since version 4 the header is compact:
+
+* every integer tensor is stored at the narrowest integer dtype that holds its values (``U8``, ``I8``, ``U16``,
+  ``I16``, ``U32``, ``I32``, ``I64``; e.g. a fixed-point shift in one byte, a 31-bit multiplier in four), and the
+  reader widens it back to the dtype it was written with (int64 for the fixed-point maps), so a runtime sees the
+  arrays the exporter produced;
+* the tensors are concatenated, flat, into one safetensors tensor per stored dtype, named by the dtype (``I64``,
+  ``F32``, ``U8``, ..., widest first so every tensor is naturally aligned): a fixed handful of header entries
+  instead of one per tensor;
+* the header's ``__metadata__`` holds ``format`` and ``version`` (plain strings, so any version of the reader can
+  refuse a file it does not read), ``spquant`` (the detector config with class names, and the layer graph of
+  :mod:`models.networks.graph` whose nodes carry their integer attributes), ``tensors`` (the index: per stored dtype,
+  its tensors in order as ``[name, shape]`` or ``[name, shape, written dtype]``) — both JSON, zlib-compressed,
+  base64 (:func:`encode_metadata`) — and ``sha256`` over the rest of the header and the data, so a corrupt file is
+  refused.
+
+Conv weights are stored packed at their bit width (two's complement, little-endian bit order): :func:`pack_codes` /
+:func:`unpack_codes`. See :mod:`models.inference.export` for what the tensors mean (the folding, which needs torch).
+
+Versions: 4 = compact constants (narrowest integer dtypes) and header (one tensor per dtype, compressed metadata),
+and the export's integer Detect head; 3 = the layer graph with per-node attributes; 2 = a packed fake-quantized head;
+1 = a float32 head. The reader takes its own version only and refuses any other with a hint (re-export an older
+file from its checkpoint; a newer one needs a newer spquant).
 
 numpy only: the torch-free runtime (:mod:`models.inference.numpy_runtime`) and the serving path read models with it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 FORMAT = "spquant-integer"
-VERSION = 3  # 3: the layer graph with per-node attributes; 2: packed fake-quantized head; 1: float32 head
+VERSION = 4  # the history is in the module docstring
 FRAC_BITS = 24  # fixed-point fraction of currents and membranes
 _MAX_HEADER = 64 << 20
-_DTYPES = {"U8": np.uint8, "I8": np.int8, "I32": np.int32, "I64": np.int64, "F32": np.float32}
+_DTYPES = {"U8": np.uint8, "I8": np.int8, "U16": np.uint16, "I16": np.int16, "U32": np.uint32, "I32": np.int32,
+           "I64": np.int64, "F32": np.float32}
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+_NARROW = tuple(np.dtype(_DTYPES[k]) for k in ("U8", "I8", "U16", "I16", "U32", "I32", "I64"))  # by size
 
 
 class ExportFormatError(ValueError):
@@ -79,32 +102,72 @@ def head_weight(tensors: dict[str, np.ndarray], key: str, packed: dict[str, Any]
 # ------------------------------------------------------------------------------------------------------ file format
 
 
+def narrowest_dtype(array: np.ndarray) -> np.dtype:
+    """The smallest integer dtype that holds every value of an integer ``array`` (its own dtype when empty or not
+    an integer array): what the writer stores it as."""
+    if array.dtype.kind not in "iu" or array.size == 0:
+        return array.dtype
+    low, high = int(array.min()), int(array.max())
+    return next(d for d in _NARROW if np.iinfo(d).min <= low and high <= np.iinfo(d).max)
+
+
+def stored_nbytes(tensors: dict[str, np.ndarray]) -> int:
+    """Bytes ``tensors`` take in a ``.spq`` file's data section (integers at their narrowest dtype): what a runtime
+    reports as its weights as stored, whether it read them from a file or folded them in memory."""
+    return sum(np.asarray(v).size * narrowest_dtype(np.asarray(v)).itemsize for v in tensors.values())
+
+
+def encode_metadata(value: Any) -> str:
+    """``value`` as a header string: canonical JSON, zlib-compressed, base64 (what :func:`decode_metadata` reads)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return base64.b64encode(zlib.compress(text, 9)).decode("ascii")
+
+
+def decode_metadata(text: str) -> Any:
+    """Inverse of :func:`encode_metadata`; ValueError when ``text`` is not such a string."""
+    try:
+        return json.loads(zlib.decompress(base64.b64decode(text, validate=True)))
+    except (binascii.Error, zlib.error, TypeError) as exc:
+        raise ValueError(f"not an encoded metadata string ({exc})") from exc
+
+
 def _canonical(header: dict[str, Any]) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
 def write_spq(path: str | os.PathLike[str], meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> Path:
-    """Write ``meta`` and ``tensors`` in the safetensors layout with a format tag, version and checksum."""
+    """Write ``meta`` and ``tensors`` in the safetensors layout with a format tag, version and checksum (integers at
+    their narrowest dtype, one safetensors tensor per stored dtype; see the module docstring)."""
     path = Path(path)
-    header: dict[str, Any] = {}
-    chunks, offset = [], 0
+    chunks: dict[str, list[bytes]] = {}
+    index: dict[str, list[list[Any]]] = {}
     for name in sorted(tensors):
         array = np.asarray(tensors[name])
         if array.dtype not in _DTYPE_NAMES:
             raise ExportFormatError(f"tensor {name} has unsupported dtype {array.dtype}")
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        header[name] = {"dtype": _DTYPE_NAMES[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    data = b"".join(chunks)
-    header["__metadata__"] = {"format": FORMAT, "version": str(VERSION), "spquant": json.dumps(meta, sort_keys=True)}
+        stored = narrowest_dtype(array)
+        code = _DTYPE_NAMES[stored]
+        entry = [name, list(array.shape)] + ([_DTYPE_NAMES[array.dtype]] if stored != array.dtype else [])
+        index.setdefault(code, []).append(entry)
+        chunks.setdefault(code, []).append(array.astype(stored.newbyteorder("<")).tobytes(order="C"))
+    header: dict[str, Any] = {}
+    blobs, offset = [], 0
+    for code in sorted(chunks, key=lambda c: (-np.dtype(_DTYPES[c]).itemsize, c)):  # widest first: aligned
+        blob = b"".join(chunks[code])
+        header[code] = {"dtype": code, "shape": [len(blob) // np.dtype(_DTYPES[code]).itemsize],
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    data = b"".join(blobs)
+    header["__metadata__"] = {"format": FORMAT, "version": str(VERSION), "spquant": encode_metadata(meta),
+                              "tensors": encode_metadata(index)}
     header["__metadata__"]["sha256"] = hashlib.sha256(_canonical(header) + data).hexdigest()
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private (0600): a model is served by other users, e.g. a container's
         with os.fdopen(fd, "wb") as out:
             out.write(struct.pack("<Q", len(raw)) + raw + data)
         os.replace(tmp, path)
@@ -121,8 +184,18 @@ def is_spq(path: str | os.PathLike[str]) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < _MAX_HEADER
 
 
+def header_nbytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of ``path`` before its tensor data: the 8-byte length and the JSON header (padding included)."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if len(head) < 8:
+        raise ExportFormatError(f"{path}: not a spquant integer model (file too short)")
+    return 8 + struct.unpack("<Q", head)[0]
+
+
 def read_spq(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The description and tensors of a ``.spq`` file, after checking format, version and checksum.
+    """The description and tensors of a ``.spq`` file, after checking format, version and checksum; every tensor
+    comes back in the dtype it was written with (narrow integers widened).
 
     Raises:
         FileNotFoundError: no such file.
@@ -146,19 +219,41 @@ def read_spq(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np
     if found_format != FORMAT:
         raise ExportFormatError(f"{path}: not a spquant integer model (format {found_format!r})")
     if found_version != str(VERSION):
+        newer = str(found_version).isdigit() and int(found_version) > VERSION
+        hint = ("written by a newer spquant: upgrade spquant to read it" if newer
+                else "re-export it from its checkpoint with `spquant export`")
         raise ExportFormatError(f"{path}: integer model format version {found_version}; this spquant reads version "
-                                f"{VERSION} (re-export it with `spquant export`)")
+                                f"{VERSION} ({hint})")
     data = blob[8 + size:]
     expected = metadata.pop("sha256", None)
     if hashlib.sha256(_canonical(header) + data).hexdigest() != expected:
         raise ExportFormatError(f"{path}: checksum mismatch: the file is corrupt or was modified")
     try:
-        tensors = {}
-        for name, info in header.items():
-            if name != "__metadata__":
-                begin, end = info["data_offsets"]
-                array = np.frombuffer(data[begin:end], dtype=np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<"))
-                tensors[name] = array.astype(array.dtype.newbyteorder("="), copy=True).reshape(info["shape"])
-        return json.loads(metadata["spquant"]), tensors
+        return decode_metadata(metadata["spquant"]), _tensors(header, decode_metadata(metadata["tensors"]), data)
     except (ValueError, KeyError, TypeError) as exc:
         raise ExportFormatError(f"{path}: inconsistent integer model ({type(exc).__name__}: {exc})") from exc
+
+
+def _tensors(header: dict[str, Any], index: dict[str, list[list[Any]]], data: bytes) -> dict[str, np.ndarray]:
+    """The named tensors of the per-dtype blobs of ``header``, cut as ``index`` says and widened to their dtypes."""
+    blobs = set(header) - {"__metadata__"}
+    if set(index) != blobs:
+        raise ValueError(f"the index lists dtypes {sorted(index)}, the file holds {sorted(blobs)}")
+    tensors = {}
+    for code, entries in index.items():
+        info = header[code]
+        if info["dtype"] != code:
+            raise ValueError(f"blob {code} holds {info['dtype']}")
+        begin, end = info["data_offsets"]
+        values = np.frombuffer(data[begin:end], dtype=np.dtype(_DTYPES[code]).newbyteorder("<"))
+        position = 0
+        for name, shape, *written in entries:
+            count = math.prod(shape)
+            if position + count > values.size:
+                raise ValueError(f"tensor {name}: blob {code} ends before its {count} values")
+            dtype = np.dtype(_DTYPES[written[0]] if written else _DTYPES[code])
+            tensors[name] = values[position:position + count].astype(dtype).reshape(shape)
+            position += count
+        if position != values.size:
+            raise ValueError(f"blob {code} holds {values.size - position} values no tensor claims")
+    return tensors

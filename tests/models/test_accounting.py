@@ -1,7 +1,9 @@
-"""FLOPs, SynOps and memory accounting: counts by hand, exact gating, packed sizes, report keys."""
+"""FLOPs, SynOps and memory accounting: counts by hand, exact gating, packed sizes, report keys, and the invariants of
+the honest headline (executed FLOPs, packed memory with the head at its bits, the shipped file)."""
 
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -10,16 +12,23 @@ import torch.nn.functional as F
 from models.compress.accounting import (
     FlopsCounter,
     _active_positions,
+    dense_reference,
+    deployed_sizes,
     memory,
     model_report,
     static_counts,
     weight_bytes,
 )
+from models.inference.export import export_model
 from models.networks.detector import DetectorConfig, build_detector
+from models.networks.quant import QuantConv2d
 from tests.helpers import SAMPLE, TINY
 
 REPORT_KEYS = {"params", "weight_bytes", "state_bytes", "fp32_weight_bytes", "fp32_state_bytes", "flops_dense",
-               "flops_effective", "flops_reduction", "memory_reduction", "synops", "layers", "channels"}
+               "flops_pruned", "flops_executed", "flops_effective", "flops_reduction", "flops_reduction_event_driven",
+               "flops_reduction_channels", "memory_bytes", "fp32_memory_bytes", "memory_reduction", "shipped_bytes",
+               "shipped_header_bytes", "memory_reduction_shipped", "resident_model_bytes",
+               "resident_state_bytes_per_stream", "export_error", "accounting", "synops", "layers", "channels"}
 
 
 def test_dense_counts_follow_the_formula():
@@ -102,3 +111,61 @@ def test_report_keys_and_reductions():
     assert smaller["flops_dense"] == report["flops_dense"] and smaller["flops_pruned"] < report["flops_pruned"]
     assert smaller["params"] < report["params"] == report["params_dense"] + 13  # + 13 learnable thresholds
     assert smaller["channels"]["neck"] == [16, 32]
+
+
+@pytest.fixture(scope="module")
+def quantized_report():
+    return model_report(build_detector(DetectorConfig(**TINY)).eval(), [SAMPLE], max_windows=3, tile=2)
+
+
+def test_executed_flops_count_every_position_of_the_kept_channels(quantized_report):
+    report = quantized_report
+    rows = report["layers"]
+    convs, membranes = [r for r in rows if r["kind"] == "conv"], [r for r in rows if r["kind"] == "membrane"]
+    assert all(r["flops_executed"] == r["flops"] >= r["flops_effective"] for r in convs)  # no position skipped
+    assert all(r["flops_executed"] == r["flops_effective"] <= r["flops"] for r in membranes)  # non-zero states
+    assert report["flops_executed"] == pytest.approx(sum(r["flops_executed"] for r in rows))
+    assert report["flops_effective"] <= report["flops_executed"] <= report["flops_pruned"] <= report["flops_dense"]
+    assert report["flops_reduction"] == pytest.approx(report["flops_dense"] / report["flops_executed"])
+    assert report["flops_reduction_event_driven"] >= report["flops_reduction"] >= 1
+    assert report["head_flops_executed"] == sum(r["flops"] for r in convs if r["name"].startswith("head."))
+
+
+def test_the_dense_fp32_model_is_its_own_reference():
+    cfg = DetectorConfig(**TINY)
+    report = model_report(dense_reference(cfg).eval(), [SAMPLE], max_windows=3)
+    assert report["memory_reduction"] == 1.0 and report["weight_bytes"] == report["fp32_weight_bytes"]
+    conv_executed = sum(r["flops_executed"] for r in report["layers"] if r["kind"] == "conv")
+    conv_dense = sum(r["flops_dense"] for r in report["layers"] if r["kind"] == "conv")
+    assert conv_executed == conv_dense  # only membranes at rest (state 0) are not counted, as the paper counts them
+    membrane_share = 1 - conv_dense / report["flops_dense"]
+    assert 1.0 <= report["flops_reduction"] <= 1 / (1 - membrane_share) and report["flops_reduction"] == (
+        pytest.approx(1.0, abs=0.01))
+    assert report["shipped_bytes"] is None and report["memory_reduction_shipped"] is None
+    assert "quantized" in report["export_error"]
+
+
+def test_memory_counts_the_detect_head_at_its_bits():
+    cfg = DetectorConfig(**TINY)
+    float_head, head4 = build_detector(cfg), build_detector(dataclasses.replace(cfg, head_bits=4))
+    convs = [m for m in head4.head.modules() if isinstance(m, QuantConv2d)]
+    assert convs and all(m.quant.weight_bits == 4 for m in convs)
+    saved = sum(4 * m.weight.numel() - math.ceil(m.weight.numel() * 4 / 8) for m in convs)
+    assert weight_bytes(float_head) - weight_bytes(head4) == saved
+    assert memory(head4)["weight_bytes"] == memory(float_head)["weight_bytes"] - saved
+    assert memory(head4)["fp32_weight_bytes"] == memory(float_head)["fp32_weight_bytes"]  # the same reference
+
+
+def test_shipped_bytes_are_the_exported_file_size(quantized_report, tmp_path):
+    model = build_detector(DetectorConfig(**TINY)).eval()
+    path = export_model(model, tmp_path / "m.spq")
+    sizes = deployed_sizes(path)
+    assert sizes["shipped_bytes"] == os.path.getsize(path) == quantized_report["shipped_bytes"]
+    assert 0 < sizes["shipped_header_bytes"] < sizes["shipped_bytes"]
+    report = quantized_report
+    assert report["export_error"] is None
+    assert report["memory_reduction_shipped"] == pytest.approx(
+        report["fp32_memory_bytes"] / (report["shipped_bytes"] + report["state_bytes"]))
+    # the runtime holds its state as int8 codes, one byte per neuron; its weights unpacked (float32 GEMM operands)
+    assert report["resident_state_bytes_per_stream"] == report["state_bytes_int8"] == report["state_neurons"]
+    assert report["resident_model_bytes"] > report["shipped_bytes"]
