@@ -20,8 +20,6 @@ from tests.conftest import REPO
 
 DOCKER = REPO / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile*"))
-# SPQUANT_RUNTIME (the .spq engine, default auto) is new with the torch-free serving path; the container files gain
-# it with the edge image (issue 17): until then the image runs its default.
 SETTINGS = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
@@ -44,24 +42,36 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
             for text in (line.strip() for line in logical)]
 
 
-def _final_stage(path: Path) -> list[tuple[str, str]]:
-    instructions = _instructions(path)
-    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
-    return instructions[last_from:]
-
-
-def _base_image(path: Path) -> str:
-    """The image the final stage starts from, following ``FROM <stage>`` back to an image."""
-    stages = {}
+def _stages(path: Path) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Each stage by name (unnamed ones by position): (what it starts FROM, its instructions after the FROM)."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
     for op, args in _instructions(path):
         if op == "FROM":
             words = args.split()
-            if len(words) == 3 and words[1].upper() == "AS":
-                stages[words[2]] = words[0]
-            last = words[0]
-    while last in stages:
-        last = stages[last]
-    return last
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
+            stages[name] = (words[0], [])
+        elif stages:
+            stages[next(reversed(stages))][1].append((op, args))
+    return stages
+
+
+def _image(path: Path, target: str | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """(base image, every instruction in effect) of the image built with ``--target`` (default: the last stage),
+    following ``FROM <stage>`` back to an image."""
+    stages = _stages(path)
+    name = target or next(reversed(stages))
+    instructions: list[tuple[str, str]] = []
+    while name in stages:
+        parent, own = stages[name]
+        instructions = own + instructions
+        name = parent
+    return name, instructions
+
+
+def _extras(path: Path, stage: str) -> list[str]:
+    """The extras of the project wheel that ``stage`` pip-installs (``...whl)[train,serve]`` -> train, serve)."""
+    runs = " ".join(args for op, args in _stages(path)[stage][1] if op == "RUN")
+    return [extra for group in re.findall(r"spquant-\*\.whl\)\[([^\]]*)\]", runs) for extra in group.split(",")]
 
 
 def test_dockerfiles_exist():
@@ -77,15 +87,23 @@ def test_hadolint_clean(dockerfile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_dockerfile_final_stage(dockerfile):
-    """Slim base, non-root user, exec-form HEALTHCHECK on /healthz, port 8000, `spquant serve`."""
-    instructions = _instructions(dockerfile)
-    froms = [args for op, args in instructions if op == "FROM"]
-    assert len(froms) >= 2, "multi-stage: a builder stage and a runtime stage"
-    final = _final_stage(dockerfile)
-    assert _base_image(dockerfile) == "python:3.11-slim"
-    ops = dict(final)
+IMAGES = {"full": "builder", "edge": "edge-builder"}  # --target -> the stage that builds its venv
+
+
+def test_dockerfile_targets():
+    """Two images: full (the default, the last stage) and edge; each venv built in its own builder stage."""
+    stages = _stages(DOCKER / "Dockerfile")
+    assert set(IMAGES) | set(IMAGES.values()) <= set(stages)
+    assert next(reversed(stages)) == "full", "the full image is the default target"
+
+
+@pytest.mark.parametrize("target", IMAGES)
+def test_dockerfile_image(target):
+    """Slim base, non-root user, exec-form HEALTHCHECK on /healthz, port 8000, `spquant serve`, caches in /tmp."""
+    dockerfile = DOCKER / "Dockerfile"
+    base, instructions = _image(dockerfile, target)
+    assert base == "python:3.11-slim"
+    ops = dict(instructions)  # the last of each kind counts, as in the image
     user = ops["USER"].split(":")[0]
     assert user not in ("root", "0"), "the service must not run as root"
     health = ops["HEALTHCHECK"]
@@ -95,16 +113,35 @@ def test_dockerfile_final_stage(dockerfile):
     assert ops["EXPOSE"].split() == ["8000"]
     assert json.loads(ops["CMD"])[:2] == ["spquant", "serve"]
     # Only the venv comes from the builder: no sources, wheels or caches.
-    copies = [args for op, args in final if op == "COPY"]
-    assert copies and all(args.startswith("--from=builder /opt/venv") for args in copies), copies
+    copies = [args for op, args in instructions if op == "COPY"]
+    assert copies == [f"--from={IMAGES[target]} /opt/venv /opt/venv"], copies
+    # A read-only root: the numba cache (and every other one) in /tmp, a tmpfs.
+    env = " ".join(args for op, args in instructions if op == "ENV")
+    assert re.search(r"NUMBA_CACHE_DIR=/tmp/", env)
+    assert "PYTHONDONTWRITEBYTECODE=1" in env
 
 
-def test_dockerfile_declares_every_setting():
+def test_dockerfile_builders_extras():
+    """full installs the train and serve extras; edge the serve extra alone, fails its build if the training stack
+    (torch, ultralytics, OpenCV, polars) slipped in, and takes no torch wheels from docker/wheels/."""
+    dockerfile = DOCKER / "Dockerfile"
+    assert sorted(_extras(dockerfile, "builder")) == ["serve", "train"]
+    assert _extras(dockerfile, "edge-builder") == ["serve"]
+    edge = _stages(dockerfile)["edge-builder"][1]
+    runs = " ".join(args for op, args in edge if op == "RUN")
+    assert all(f"'{module}'" in runs for module in ("torch", "ultralytics", "cv2", "polars"))
+    assert not any("wheels" in args for op, args in edge if op == "COPY")
+    assert "--no-compile" in runs and "pip uninstall --yes pip" in runs
+
+
+@pytest.mark.parametrize("target", IMAGES)
+def test_dockerfile_declares_every_setting(target):
     """Every SPQUANT_* setting the service reads is visible in the image's ENV (`docker inspect` shows them)."""
-    env = " ".join(args for op, args in _final_stage(DOCKER / "Dockerfile") if op == "ENV")
+    env = " ".join(args for op, args in _image(DOCKER / "Dockerfile", target)[1] if op == "ENV")
     missing = sorted(name for name in SETTINGS - {ENV_PREFIX + "API_KEY"} if f"{name}=" not in env)
     assert not missing, f"not in the Dockerfile's ENV: {missing}"
     assert "SPQUANT_HOST=0.0.0.0" in env
+    assert "SPQUANT_RUNTIME=auto" in env  # edge: no torch, so the numpy engine
 
 
 def test_compose_file():
@@ -112,6 +149,8 @@ def test_compose_file():
     service = compose["services"]["spquant"]
     assert service["build"]["context"] == ".."
     assert service["build"]["dockerfile"] == "docker/Dockerfile"
+    target = re.fullmatch(r"\$\{SPQUANT_TARGET:-([\w-]+)\}", service["build"]["target"])
+    assert target and target[1] == "full", "the full image by default; SPQUANT_TARGET=edge for the edge one"
     assert (REPO / service["build"]["dockerfile"]).is_file()
     assert service["restart"] in ("unless-stopped", "always", "on-failure")
     assert any(str(port).endswith(":8000") for port in service["ports"])
@@ -148,3 +187,14 @@ def test_script_syntax():
         pytest.skip("no bash")
     result = subprocess.run([bash, "-n", str(DOCKER / "test_docker.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_script_covers_both_architectures():
+    """`make test-docker` builds the edge image for amd64 and arm64 by default, checks arm64's answer against amd64's,
+    keeps the full image behind SPQUANT_DOCKER_TARGETS, and writes its figures."""
+    script = (DOCKER / "test_docker.sh").read_text()
+    assert "${SPQUANT_DOCKER_TARGETS:-edge-amd64,edge-arm64}" in script
+    assert all(name in script for name in ("full | edge-amd64 | edge-arm64", "--platform \"linux/$arch\"",
+                                           "--target \"$stage\"", "compare", "benchmarks/results/docker_edge.json"))
+    makefile = (REPO / "Makefile").read_text()
+    assert "bash docker/test_docker.sh" in makefile
