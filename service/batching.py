@@ -3,14 +3,14 @@
 Each stream session awaits :meth:`WindowBatcher.step` for its windows one after another (its state carries), so a
 batch never holds two windows of one stream. A worker takes the oldest waiting window plus every other window
 waiting at that moment (up to ``max_batch``) and runs them through :func:`models.inference.stream.step_batch` on an
-inference thread. There is no timer: a lone stream is never held back, and under load the next batch fills while the
-current one runs. """
+inference thread, or hands them to that worker's runner (an inference process, see :mod:`service.workers`). There is
+no timer: a lone stream is never held back, and under load the next batch fills while the current one runs. """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -21,17 +21,24 @@ from models.inference.stream import SpikeMeter, WindowJob, step_batch
 Result = tuple[np.ndarray, Any, float]  # boxes, new state, the window's firing rate
 
 
+Runner = Callable[[list[WindowJob]], list[Result | Exception]]
+
+
 class WindowBatcher:
-    """Queue + ``workers`` batching loops on the engine's event loop; the forward passes run on ``executor``.
+    """Queue + ``workers`` batching loops on the engine's event loop; the forward passes run on ``executor``, through
+    :func:`run_isolated` or, given ``runners`` (one per worker), through that worker's own runner.
 
     ``on_batch(windows, seconds)`` is called after every forward pass (metrics).
     """
 
     def __init__(self, executor: Executor, workers: int, max_batch: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, runners: Sequence[Runner] | None = None) -> None:
         if workers < 1 or max_batch < 1:
             raise ValueError(f"workers and max_batch must be positive, got {workers} and {max_batch}")
+        if runners is not None and len(runners) != workers:
+            raise ValueError(f"{len(runners)} runners for {workers} workers")
         self._executor, self._workers, self.max_batch = executor, workers, max_batch
+        self._runners: Sequence[Runner] = runners or [run_isolated] * workers
         self._on_batch = on_batch
         self._queue: asyncio.Queue[tuple[WindowJob, asyncio.Future[Result]]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -41,7 +48,8 @@ class WindowBatcher:
         loop = asyncio.get_running_loop()
         if self._queue is None:  # started lazily: the queue and workers belong to the loop that serves requests
             self._queue = asyncio.Queue()
-            self._tasks = [loop.create_task(self._work(), name=f"spquant-batcher-{i}") for i in range(self._workers)]
+            self._tasks = [loop.create_task(self._work(runner), name=f"spquant-batcher-{i}")
+                           for i, runner in enumerate(self._runners)]
         future: asyncio.Future[Result] = loop.create_future()
         self._queue.put_nowait((job, future))
         return await future
@@ -55,7 +63,7 @@ class WindowBatcher:
                 self._queue.get_nowait()[1].cancel()
         self._tasks, self._queue = [], None
 
-    async def _work(self) -> None:
+    async def _work(self, runner: Runner) -> None:
         assert self._queue is not None
         queue, loop = self._queue, asyncio.get_running_loop()
         while True:
@@ -66,7 +74,10 @@ class WindowBatcher:
             if not live:
                 continue
             start = time.perf_counter()
-            results = await loop.run_in_executor(self._executor, run_isolated, [job for job, _ in live])
+            try:
+                results = await loop.run_in_executor(self._executor, runner, [job for job, _ in live])
+            except Exception as exc:  # the runner itself failed (an inference process died): the batch fails
+                results = [exc] * len(live)
             if self._on_batch is not None:
                 self._on_batch(len(live), time.perf_counter() - start)
             for (_, future), result in zip(live, results, strict=True):

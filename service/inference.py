@@ -3,8 +3,9 @@
 Every window of every request and stream goes through the streaming detector — the code path of ``spquant predict``
 and ``eval`` — on a worker thread, never on the event loop. Stream windows are batched across sessions (one forward
 pass for the windows waiting at that moment, see :mod:`service.batching`): each window gets the states
-``StreamingDetector.step`` gives it alone and the same boxes to float rounding. The model is only read; each caller
-owns its state, so requests and sessions never share one.
+``StreamingDetector.step`` gives it alone and the same boxes to float rounding. With inference processes
+(:mod:`service.workers`), each batching worker sends its batches to a process of its own instead, where a copy of
+the model runs them. The model is only read; each caller owns its state, so requests and sessions never share one.
 
 The model is a trained :class:`~models.networks.detector.SpikingYOLO`, the integer
 :class:`~models.inference.runtime.Runtime` or the torch-free :class:`~models.inference.numpy_runtime.NumpyRuntime`;
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from data.errors import EventValidationError
-from data.events import empty_events, validate_events
+from data.events import validate_events
 from data.windows import iter_windows
 from models.inference.loading import runtime_name
 from models.inference.numpy_runtime import NumpyRuntime
@@ -31,22 +32,35 @@ from service.batching import WindowBatcher
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
 from service.schemas import window_json
+from service.workers import InferenceProcess, warm_up_jobs
 
 T = TypeVar("T")
 _SIZE_KEYS = ("conv_layers", "channels", "params", "weight_bytes", "state_bytes_per_stream")  # GET /v1/model
 
 
 class DetectionEngine:
-    """One model, shared read-only by every request and session, and the threads that run it."""
+    """One model, shared read-only by every request and session, and the threads that run it; with ``processes``
+    (``(integer, runtime)`` of :func:`~models.inference.loading.load_model`, as ``model`` was loaded from ``path``) as
+    many inference processes as threads, one per batching worker, run the stream windows."""
 
-    def __init__(self, model: StreamModel, path: Path, threads: int, metrics: Metrics, max_batch: int = 16) -> None:
+    def __init__(self, model: StreamModel, path: Path, threads: int, metrics: Metrics, max_batch: int = 16,
+                 processes: tuple[bool, str] | None = None) -> None:
         self.model = model  # the streaming detectors put a torch model in eval mode
         self.path = path
         self.config = model.config
         self.class_names = list(self.config.class_names)
         self.metrics = metrics
+        self._processes = [InferenceProcess(path, *processes) for _ in range(threads)] if processes else []
+        try:  # they load the model at the same time
+            for process in self._processes:
+                process.wait_ready()
+        except BaseException:
+            for process in self._processes:
+                process.close()
+            raise
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="spquant-infer")
-        self._batcher = WindowBatcher(self._executor, threads, max_batch, self._batch_done)
+        self._batcher = WindowBatcher(self._executor, threads, max_batch, self._batch_done,
+                                      [p.run for p in self._processes] or None)
         self._info = _describe(model, path)
 
     @property
@@ -78,9 +92,9 @@ class DetectionEngine:
         return await self._batcher.step(WindowJob(detector, events, t_start, state))
 
     def warm_up(self) -> None:
-        """Run one empty window (blocking): compiled kernels load and buffers are allocated before the first client."""
-        detector = self.detector(self.config.input_width, self.config.input_height, 1.0)
-        step_batch([WindowJob(detector, empty_events(), 0)])
+        """Run an empty and a busy window as one batch (blocking): the compiled kernels load (or compile) and buffers
+        are allocated before the first client, not in its first window (inference processes warm up as they start)."""
+        step_batch(warm_up_jobs(self.detector(*self.sensor_size, 1.0)))
 
     def _batch_done(self, windows: int, seconds: float) -> None:
         self.metrics.batch_windows.observe(windows)
@@ -104,9 +118,11 @@ class DetectionEngine:
         return counter.events, windows
 
     def close(self) -> None:
-        """Stop batching and the worker threads (after the running calls finish)."""
+        """Stop batching, the worker threads and the inference processes (after the running calls finish)."""
         self._batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        for process in self._processes:
+            process.close()
 
 
 class _CheckedChunks:

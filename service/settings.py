@@ -37,9 +37,13 @@ class Settings(BaseSettings):
             checkpoints and exported ``.spq`` models run as they are.
         runtime: the engine of an exported ``.spq`` model (``SPQUANT_RUNTIME``): ``torch`` (the integer runtime in
             PyTorch), ``numpy`` (the torch-free engine: same states bit for bit, boxes to float rounding) or ``auto``
-            (torch when it can be imported, else numpy: what an image without torch needs). Checkpoints need torch.
+            (numpy for exported models and the bundled one, whose export it serves: more streams per core, measured;
+            torch for checkpoints, which need it). Checkpoints need torch.
         max_batch: most stream windows (of different sessions) run as one forward pass; 1 turns batching off.
         threads: inference worker threads (the model runs there, never on the event loop).
+        processes: run stream windows in inference processes, one per thread, each with a copy of the model: unlike
+            the threads of one process they share no GIL (with each other or the event loop), so they use the cores
+            (``SPQUANT_PROCESSES``). Unset: for the numpy engine on a machine with more than one CPU.
         torch_threads: torch intra-op threads per forward pass. 1 is best for a server: streams run in parallel on
             the worker threads, and several intra-op threads on a busy machine can make a forward pass 100x slower.
         score_threshold: default minimum detection score (a request or stream may ask for another).
@@ -63,6 +67,7 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "numpy", "torch"] = "auto"
     max_batch: int = Field(16, gt=0)
     threads: int = Field(2, gt=0)
+    processes: bool | None = None
     torch_threads: int = Field(1, gt=0)
     score_threshold: float = Field(0.25, ge=0, le=1)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from models.inference.loading import default_model
 from service.settings import Settings
 
 
@@ -30,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: the web stack is not needed by the other commands, which share the CLI's start-up time.
     import uvicorn
 
-    from service.main import create_app
+    from service.main import create_app, serving_model
 
     settings = Settings.from_env(model=args.model, host=args.host, port=args.port)
-    model = settings.model or default_model(settings.runtime)
+    model, _ = serving_model(settings)  # never imports torch for the bundled model's export
     if not model.is_file():
         raise FileNotFoundError(f"no such checkpoint: {model}")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, ws_max_size=settings.max_message_bytes)

@@ -1,14 +1,18 @@
 """Compiled (numba) kernels of the integer runtimes: LIF, requantization, event-driven conv. numpy only, no torch.
 
-Both the torch runtime (:mod:`models.inference.runtime`) and the torch-free one
-(:mod:`models.inference.numpy_runtime`) call these on numpy arrays; they release the GIL. The integer arithmetic is
-described in :mod:`models.inference.export`.
+The torch runtime (:mod:`models.inference.runtime`) calls the batch-major ones, the torch-free one
+(:mod:`models.inference.numpy_runtime`) the channel-last ones, on numpy arrays; they release the GIL. The integer
+arithmetic is described in :mod:`models.inference.export`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 
 @njit(cache=True, nogil=True)
@@ -110,27 +114,212 @@ def map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndar
                 oc[p] = (np.int64(xc[p]) * m + r) >> s
 
 
-# ------------------------------------------------------------------- channel-major kernels of the torch-free runtime
+# ----------------------------------------------------------------------------- kernels of the torch-free runtime
+# Its activations are channel-last, [N, h, w, A] with the channels padded to A, a multiple of LANES (zeros there):
+# a pixel's uint8 spikes are whole uint64 words, its accumulators whole vectors of the event-driven convs' adds.
+
+LANES = 8  # channel padding; float32 lanes of one vector add (an AVX2 register)
+
+
+@intrinsic
+def _add_lanes(typingctx: Any, out: Any, out_index: Any, src: Any, src_index: Any,
+               scale: Any) -> tuple[Any, Any]:  # pragma: no cover - compiled
+    # out[out_index : out_index + LANES] += scale · src[src_index : ...] on 1-D float32 arrays, as one LANES-wide
+    # vector operation: LLVM's loop vectorizer cannot see that so short a loop does not alias, and numba turns its SLP
+    # vectorizer off (numba#8705), so a plain loop runs scalar or through runtime alias checks.
+    sig = types.none(out, out_index, src, src_index, scale)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        pointers = []
+        for array_type, array, index in ((signature.args[0], args[0], args[1]), (signature.args[2], args[2], args[3])):
+            data = context.make_array(array_type)(context, builder, array).data
+            pointers.append(builder.bitcast(builder.gep(data, [index]), vector.as_pointer()))
+        factor = context.cast(builder, args[4], signature.args[4], types.float32)
+        splat = builder.insert_element(ir.Constant(vector, ir.Undefined), factor, ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(vector, ir.Undefined), ir.Constant(
+            ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        total = builder.fadd(builder.load(pointers[0], align=4),
+                             builder.fmul(builder.load(pointers[1], align=4), splat))
+        builder.store(total, pointers[0], align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _trailing_zeros(typingctx: Any, word: Any) -> tuple[Any, Any]:  # pragma: no cover - compiled
+    # the index of the lowest set bit of a non-zero uint64 (one instruction: llvm.cttz)
+    sig = types.int64(types.uint64)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        i64 = ir.IntType(64)
+        cttz = builder.module.declare_intrinsic("llvm.cttz", [i64], ir.FunctionType(i64, [i64, ir.IntType(1)]))
+        return builder.call(cttz, [args[0], ir.Constant(ir.IntType(1), 1)])
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
-def lif_cm_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray, codes: np.ndarray,
+def _taps(size: int, out_size: int, k: int, stride: int, padding: int) -> np.ndarray:  # pragma: no cover - compiled
+    # [size, k] int64: the output coordinate that input coordinate i reaches through kernel tap j, or -1 (no division
+    # left in the convs' inner loops)
+    taps = np.full((size, k), -1, dtype=np.int64)
+    for i in range(size):
+        for j in range(k):
+            o = i + padding - j
+            if o >= 0 and o % stride == 0 and o // stride < out_size:
+                taps[i, j] = o // stride
+    return taps
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scatter(value: float, n: int, ci: int, y: int, xx: int, taps_y: np.ndarray, taps_x: np.ndarray,
+             weight: np.ndarray, out: np.ndarray, height: int, width: int,
+             padded: int) -> None:  # pragma: no cover - compiled
+    # one non-zero input (n, ci, y, xx) adds value × its weights to every output it reaches; weight and out are the
+    # flat [Cin, k, k, A] and [N, h, w, A] arrays, A = padded (a multiple of LANES)
+    k = taps_y.shape[1]
+    for ky in range(k):
+        oy = taps_y[y, ky]
+        if oy < 0:
+            continue
+        for kx in range(k):
+            ox = taps_x[xx, kx]
+            if ox < 0:
+                continue
+            o = ((n * height + oy) * width + ox) * padded
+            w = ((ci * k + ky) * k + kx) * padded
+            for v in range(0, padded, LANES):
+                _add_lanes(out, o + v, weight, w + v, value)
+
+
+@njit(cache=True, nogil=True)
+def conv_spikes_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+                       out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # Event-driven conv of channel-last 0/1 spikes x [N, H, W, S] uint8 (contiguous, S a multiple of 8): weight
+    # [S, k, k, A] float32 codes (A a multiple of LANES), out [N, h, w, A] float32 zeroed by the caller. A pixel's
+    # channels are read 8 per uint64 word and each spike found by its bit, then its weight vectors are added where
+    # it lands: work ∝ spikes. The same integers as the GEMM (exact below 2^24).
+    batch, rows, cols, channels = x.shape
+    k, padded = weight.shape[1], weight.shape[3]
+    height, width = out.shape[1], out.shape[2]
+    taps_y, taps_x = _taps(rows, height, k, stride, padding), _taps(cols, width, k, stride, padding)
+    words = x.reshape(-1).view(np.uint64)
+    per_pixel = channels // 8
+    flat_weight, flat_out = weight.reshape(-1), out.reshape(-1)
+    for n in range(batch):
+        for y in range(rows):
+            for xx in range(cols):
+                first = ((n * rows + y) * cols + xx) * per_pixel
+                for i in range(per_pixel):
+                    word = words[first + i]
+                    while word:
+                        ci = 8 * i + (_trailing_zeros(word) >> 3)  # a spike is a 1 byte: its set bit is bit 8·j
+                        word &= word - np.uint64(1)
+                        _scatter(1.0, n, ci, y, xx, taps_y, taps_x, flat_weight, flat_out, height, width, padded)
+
+
+@njit(cache=True, nogil=True)
+def conv_counts_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
+                       out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # Event-driven conv of sparse uint8 counts x [N, Cin, H, W] (the histogram's layout, contiguous, size a multiple
+    # of 8) into a channel-last out [N, h, w, A] float32 zeroed by the caller; weight [Cin, k, k, A] float32 codes.
+    # The scan, which dominates at event densities (< 1 %), tests 8 counts per uint64 word.
+    channels, rows, cols = x.shape[1:]
+    k, padded = weight.shape[1], weight.shape[3]
+    height, width = out.shape[1], out.shape[2]
+    taps_y, taps_x = _taps(rows, height, k, stride, padding), _taps(cols, width, k, stride, padding)
+    flat = x.reshape(-1)
+    words = flat.view(np.uint64)
+    flat_weight, flat_out = weight.reshape(-1), out.reshape(-1)
+    for i in range(words.size):
+        word = words[i]
+        while word:
+            j = 8 * i + (_trailing_zeros(word) >> 3)
+            word &= ~(np.uint64(0xFF) << np.uint64(8 * (j - 8 * i)))  # this count done: clear its byte
+            xx, r = j % cols, j // cols
+            y, r = r % rows, r // rows
+            _scatter(np.float32(flat[j]), r // channels, r % channels, y, xx, taps_y, taps_x, flat_weight, flat_out,
+                     height, width, padded)
+
+
+@njit(cache=True, nogil=True)
+def im2col_cl_kernel(x: np.ndarray, k: int, stride: int, padding: int,
+                     cols: np.ndarray) -> None:  # pragma: no cover - compiled
+    # x [N, H, W, C] (uint8 spikes or counts) → cols [N·h·w, k·k·C] float32, zero where the window leaves the input:
+    # the GEMM operand of a conv in the channel-last layout (row (n, y, x), column (ky, kx, c)).
+    batch, rows, width, channels = x.shape
+    out_h = (rows + 2 * padding - k) // stride + 1
+    out_w = (width + 2 * padding - k) // stride + 1
+    r = 0
+    for n in range(batch):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row = cols[r]
+                for ky in range(k):
+                    iy = oy * stride + ky - padding
+                    for kx in range(k):
+                        ix = ox * stride + kx - padding
+                        dst = row[(ky * k + kx) * channels:(ky * k + kx + 1) * channels]
+                        if iy < 0 or iy >= rows or ix < 0 or ix >= width:
+                            dst[:] = 0.0
+                        else:
+                            src = x[n, iy, ix]
+                            for c in range(channels):
+                                dst[c] = np.float32(src[c])
+                r += 1
+
+
+@njit(cache=True, nogil=True)
+def lif_cl_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray, codes: np.ndarray,
                   spikes: np.ndarray, one: int, leak_shift: int, low: int, high: int, half: int, step_shift: int,
                   hard: bool) -> None:  # pragma: no cover - compiled
-    # lif_kernel in the channel-major layout: x [C, T, B, P] (float32 accumulators or int64 Q(F) currents); codes
-    # [B, C, P] int8 (the state's layout), updated in place; spikes [C, T, B, P] float32 out. Same integers.
-    channels, steps, batch, positions = x.shape
-    level = np.empty(positions, dtype=np.int64)
-    for c in range(channels):
-        m, r, s = mult[c], bias[c], shift[c]
-        for b in range(batch):
-            for p in range(positions):
-                level[p] = codes[b, c, p]
+    # lif_kernel in the channel-last layout: x [T, B, P·A] (a frame's pixels of A padded channels: float32
+    # accumulators or int64 Q(F) currents); mult, bias, shift [L] int64: the C per-channel constants padded with
+    # zeros to A and repeated over L/A pixels; codes [B, C, P] int8 (the state's layout), updated in place; spikes
+    # [T, B, P·A] uint8 out (0 in the padding, whose constants give a current of 0). The same integers. The
+    # membranes of L/A pixels at a time stay in a local array over the T steps, and its loop is one long
+    # branch-free run (it vectorizes, whatever the channel count).
+    steps, batch, size = x.shape
+    channels, positions = codes.shape[1], codes.shape[2]
+    padded, block = size // positions, mult.shape[0]
+    level = np.empty(block, dtype=np.int64)
+    for b in range(batch):
+        for start in range(0, size, block):
+            n, first = min(block, size - start), start // padded
+            level[:] = 0
+            for c in range(channels):
+                for p in range(n // padded):
+                    level[p * padded + c] = codes[b, c, first + p]
             for t in range(steps):
-                _lif_step(x[c, t, b], spikes[c, t, b], level, m, r, s, one, leak_shift, low, high, half, step_shift,
-                          hard)
-            for p in range(positions):
-                codes[b, c, p] = level[p]
+                xt, st = x[t, b, start:start + n], spikes[t, b, start:start + n]
+                for j in range(n):
+                    u = (np.int64(xt[j]) * mult[j] + bias[j]) >> shift[j]
+                    if leak_shift >= 0:
+                        u += level[j] << leak_shift
+                    fired = u > one
+                    st[j] = fired
+                    if not hard:
+                        u -= one * fired
+                    code = (min(max(u, low), high) + half) >> step_shift
+                    level[j] = 0 if (hard and fired) else code
+            for c in range(channels):
+                for p in range(n // padded):
+                    codes[b, c, first + p] = level[p * padded + c]
+
+
+@njit(cache=True, nogil=True)
+def map_cl_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndarray,
+                  out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # channel-last x [N, A] float32 accumulators → out [N, A] int64 Q(F) currents of the first C = len(mult)
+    # channels, zero in the padding channels
+    channels = mult.shape[0]
+    for n in range(x.shape[0]):
+        xn, on = x[n], out[n]
+        for c in range(channels):
+            on[c] = (np.int64(xn[c]) * mult[c] + bias[c]) >> shift[c]
+        on[channels:] = 0
 
 
 @njit(cache=True, nogil=True)
@@ -138,7 +327,8 @@ def im2col_kernel(x: np.ndarray, k: int, stride: int, padding: int,
                   cols: np.ndarray) -> None:  # pragma: no cover - compiled
     # x [C, N, H, W] (float32 spikes or rates, uint8 counts) → cols [C·k·k, N·h·w] float32, zero where the window
     # leaves the input: the GEMM operand of a conv in the channel-major layout (row (c, ky, kx), column (n, y, x)).
-    # The valid output columns of each tap are computed once, so the copy loop has no branch (it vectorizes).
+    # The valid output columns of each tap are computed once, and rows are written by index (no slice objects: the
+    # Detect head's rows are 5 to 20 long).
     channels, batch, rows, width = x.shape
     out_h = (rows + 2 * padding - k) // stride + 1
     out_w = (width + 2 * padding - k) // stride + 1
@@ -146,83 +336,21 @@ def im2col_kernel(x: np.ndarray, k: int, stride: int, padding: int,
         # output columns ox with 0 <= ox·stride + kx - padding < width
         lo = max(0, -((kx - padding) // stride))
         hi = min(out_w, (width - 1 - kx + padding) // stride + 1)
+        offset = kx - padding
         for c in range(channels):
             for ky in range(k):
                 row = cols[(c * k + ky) * k + kx]
                 for n in range(batch):
                     for oy in range(out_h):
+                        base = (n * out_h + oy) * out_w
                         iy = oy * stride + ky - padding
-                        out = row[(n * out_h + oy) * out_w:(n * out_h + oy + 1) * out_w]
                         if iy < 0 or iy >= rows:
-                            out[:] = 0.0
+                            for ox in range(out_w):
+                                row[base + ox] = 0.0
                             continue
-                        src = x[c, n, iy]
-                        out[:lo] = 0.0
-                        out[hi:] = 0.0
-                        offset = kx - padding
+                        for ox in range(lo):
+                            row[base + ox] = 0.0
                         for ox in range(lo, hi):
-                            out[ox] = np.float32(src[ox * stride + offset])
-
-
-@njit(cache=True, nogil=True)
-def scatter_bytes_cm_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-                            out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # scatter_bytes_kernel with a channel-major output: x [N, Cin, H, W] uint8 counts (contiguous, size a multiple of
-    # 8), weight [Cin, k, k, Cout] float32 (integer codes, Cout innermost), out [Cout, N, h, w] float32 zeroed by the
-    # caller. Each non-zero count adds count × its weights to the outputs it reaches; 8 counts tested per word.
-    channels, rows, cols = x.shape[1], x.shape[2], x.shape[3]
-    cout, k = weight.shape[3], weight.shape[1]
-    height, width = out.shape[2], out.shape[3]
-    flat = x.ravel()
-    words = flat.view(np.uint64)
-    for i in range(words.size):
-        if words[i] == 0:
-            continue
-        for j in range(8 * i, 8 * i + 8):
-            if flat[j] == 0:
-                continue
-            v = np.float32(flat[j])
-            xx, r = j % cols, j // cols
-            y, r = r % rows, r // rows
-            ci, n = r % channels, r // channels
-            for ky in range(k):
-                oy = y + padding - ky
-                if oy < 0 or oy % stride or oy // stride >= height:
-                    continue
-                for kx in range(k):
-                    ox = xx + padding - kx
-                    if ox < 0 or ox % stride or ox // stride >= width:
-                        continue
-                    w = weight[ci, ky, kx]
-                    for co in range(cout):
-                        out[co, n, oy // stride, ox // stride] += v * w[co]
-
-
-@njit(cache=True, nogil=True)
-def scatter_spikes_kernel(x: np.ndarray, weight: np.ndarray, stride: int, padding: int,
-                          out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # Event-driven conv of channel-major sparse spikes x [Cin, N, H, W] float32 (0/1): weight [Cin, k, k, Cout]
-    # float32 codes, out [N, h, w, Cout] float32 zeroed by the caller (channels innermost, so each spike adds
-    # contiguous weight vectors). The same integers as the GEMM (exact below 2^24).
-    channels, batch, rows, cols = x.shape
-    cout, k = weight.shape[3], weight.shape[1]
-    height, width = out.shape[1], out.shape[2]
-    for ci in range(channels):
-        for n in range(batch):
-            for y in range(rows):
-                src = x[ci, n, y]
-                for xx in range(cols):
-                    v = src[xx]
-                    if v == 0:
-                        continue
-                    for ky in range(k):
-                        oy = y + padding - ky
-                        if oy < 0 or oy % stride or oy // stride >= height:
-                            continue
-                        for kx in range(k):
-                            ox = xx + padding - kx
-                            if ox < 0 or ox % stride or ox // stride >= width:
-                                continue
-                            w, o = weight[ci, ky, kx], out[n, oy // stride, ox // stride]
-                            for co in range(cout):
-                                o[co] += v * w[co]
+                            row[base + ox] = np.float32(x[c, n, iy, ox * stride + offset])
+                        for ox in range(hi, out_w):
+                            row[base + ox] = 0.0

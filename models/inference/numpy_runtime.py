@@ -7,10 +7,14 @@ float32 ``[B, 4 + nc, anchors]``. The network is the exported layer graph run by
 <models.networks.graph.Graph.run>` with :class:`NumpyOps`, one method per node kind, the same integer arithmetic
 as the torch runtime (see :mod:`models.inference.export`):
 
-* activations are channel-major, ``[C, T, B, h, w]``, so a conv over all T steps and B streams is one GEMM
-  ``W [Cout, Cin·k·k] @ cols [Cin·k·k, T·B·h·w]`` whose result is the next layer's layout (no transposes). The GEMM
-  runs in float32 on integer codes and integer inputs with partial sums below 2^24 (checked at export), so it is
-  exact, as in the torch runtime. im2col is a compiled kernel; 1×1 stride-1 convs are a plain matmul;
+* activations are channel-last, ``[T, B, h, w, A]`` with the channels padded to ``A``, a multiple of
+  :data:`~models.inference.kernels.LANES` (the padding holds zeros), so a pixel's uint8 spikes are whole uint64
+  words and its accumulators whole SIMD vectors;
+* a k×k conv over spikes is event-driven: each spike adds its weight vectors to the outputs it reaches (work ∝
+  spikes, the inner loop one vector add), up to a density of :data:`SPARSE_SPIKES`; above it, and for 1×1 convs, a
+  float32 GEMM ``cols [T·B·h·w, k·k·C] @ W [k·k·C, Cout]`` whose result is already channel-last. Every GEMM runs
+  on integer codes and integer inputs with partial sums below 2^24 (checked at export), so it is exact, as in the
+  torch runtime;
 * the first conv is event-driven (work ∝ events) on sparse histograms, as in the torch runtime;
 * the LIF and requantization are the compiled kernels of :mod:`models.inference.kernels`;
 * the residual and FPN sums are int64 adds, in place where the graph says no one else reads the current;
@@ -35,14 +39,15 @@ from typing import Any, Self
 import numpy as np
 
 from models.inference.kernels import (
-    im2col_kernel,
-    lif_cm_kernel,
-    map_kernel,
-    scatter_bytes_cm_kernel,
-    scatter_spikes_kernel,
+    LANES,
+    conv_counts_kernel,
+    conv_spikes_kernel,
+    im2col_cl_kernel,
+    lif_cl_kernel,
+    map_cl_kernel,
 )
 from models.inference.numpy_detect import NumpyDetect, non_max_suppression
-from models.inference.spq import ExportFormatError, conv_codes, read_spq
+from models.inference.spq import ExportFormatError, conv_codes, read_spq, stored_nbytes
 from models.networks.frozen_config import sensor_size
 from models.networks.graph import Graph, Node
 
@@ -53,7 +58,10 @@ except ImportError:  # pragma: no cover - threadpoolctl comes with the scientifi
 
 State = dict[str, np.ndarray]
 SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven first conv (as the torch runtime)
-SPARSE_SPIKES = 0.10  # spike maps up to this density take the event-driven k×k conv (end to end 1.12 vs 1.22× torch)
+# spike maps up to this density take the event-driven k×k conv, over stride s up to SPARSE_SPIKES / s (the GEMM has s²
+# fewer outputs to compute; measured crossovers: ~25% at stride 1, ~12% at stride 2)
+SPARSE_SPIKES = 0.25
+LIF_BLOCK = 256  # membranes the channel-last LIF keeps in a local array (whole pixels; 2 KiB of int64)
 
 
 _TEXT_FIELDS = ("variant", "scale")
@@ -103,18 +111,24 @@ class SpqConfig:
 
 
 class _Conv:
-    """An integer conv: weights as float32 codes ``[Cout, Cin·k·k]`` (the GEMM's), its fixed-point map ``(M, R, s)``."""
+    """An integer conv: its weight codes as the channel-last tables of the event-driven conv (``scatter [S, k, k, A]``,
+    an input channel's Cout weights innermost) and of the GEMM (``dense [k·k·S, A]``, rows ``(ky, kx, c)`` as
+    :func:`~models.inference.kernels.im2col_cl_kernel`'s columns), zero in the padding channels (``S`` inputs, ``A``
+    outputs); and its fixed-point map ``(M, R, s)``. ``first``: it reads the histogram (unpadded channels)."""
 
-    def __init__(self, spec: Mapping[str, Any], tensors: dict[str, np.ndarray], name: str) -> None:
+    def __init__(self, spec: Mapping[str, Any], tensors: dict[str, np.ndarray], name: str, first: bool) -> None:
         codes = conv_codes(tensors, name, spec)  # [Cout, Cin, k, k]
-        shape = codes.shape
-        self.weight = np.ascontiguousarray(codes.reshape(shape[0], -1), dtype=np.float32)
-        # [Cin, k, k, Cout]: the event-driven conv adds one input's Cout weights at a time
-        self.scatter_weight = np.ascontiguousarray(codes.transpose(1, 2, 3, 0), dtype=np.float32)
+        cout, cin, k = codes.shape[:3]
+        self.params = codes.size
         self.map = _map(tensors, name)
-        self.out_channels, self.kernel = shape[0], shape[2]
+        self.out_channels, self.kernel = cout, k
+        self.lanes = _round_up(cout, LANES)
+        padded = cin if first else _round_up(cin, LANES)
+        self.scatter = np.zeros((padded, k, k, self.lanes), dtype=np.float32)
+        self.scatter[:cin, ..., :cout] = codes.transpose(1, 2, 3, 0)
+        self.dense = np.ascontiguousarray(self.scatter.transpose(1, 2, 0, 3).reshape(-1, self.lanes))
         stride, padding = tuple(spec["stride"]), tuple(spec["padding"])
-        if shape[2] != shape[3] or len(set(stride)) != 1 or len(set(padding)) != 1:
+        if codes.shape[2] != codes.shape[3] or len(set(stride)) != 1 or len(set(padding)) != 1:
             raise ValueError(f"conv {name!r}: square kernels with equal strides and paddings only, got {spec}")
         self.stride, self.padding = stride[0], padding[0]
         self.output = spec["output"]
@@ -124,6 +138,10 @@ class _Conv:
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return ((height + 2 * self.padding - self.kernel) // self.stride + 1,
                 (width + 2 * self.padding - self.kernel) // self.stride + 1)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _map(tensors: dict[str, np.ndarray], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,7 +182,8 @@ class NumpyRuntime:
         try:
             self.config = SpqConfig.from_dict(meta["detector"])
             graph = Graph.from_description(meta["graph"])
-            self.convs = {n.name: _Conv(n.attrs, tensors, n.name) for n in graph.of_kind("conv")}
+            self.convs = {n.name: _Conv(n.attrs, tensors, n.name, n.inputs[0] == graph.nodes[0].name)
+                          for n in graph.of_kind("conv")}
             self.lifs = {n.name: _LIF(n.attrs, tensors, n.name, meta["frac_bits"]) for n in graph.of_kind("lif")}
             (detect,) = graph.of_kind("detect")
             self.head = NumpyDetect(tensors, detect.attrs["head_weights"], detect.attrs["strides"],
@@ -178,7 +197,7 @@ class NumpyRuntime:
         self.source = source
         self.ops = NumpyOps(self)
         self.state_shapes = graph.state_shapes(*self.config.padded_size)
-        self.weight_nbytes = sum(v.nbytes for v in tensors.values())  # as stored: packed codes, constants, head
+        self.weight_nbytes = stored_nbytes(tensors)  # as stored: packed codes, constants, head
         self._head_convs, self._head_params = _head_sizes(tensors, detect.attrs["head_weights"])
         self.frac_bits = int(meta["frac_bits"])
         self.blas_threads = blas_threads
@@ -203,8 +222,8 @@ class NumpyRuntime:
         limit = (self._blas.limit(limits=self.blas_threads, user_api="blas") if self._blas is not None
                  else contextlib.nullcontext())
         with limit:
-            return self.graph.run(self.ops, np.ascontiguousarray(x), state,
-                                  None if observe is None else lambda node, value: observe(node, batch_major(value)))
+            return self.graph.run(self.ops, np.ascontiguousarray(x), state, None if observe is None else
+                                  lambda node, value: observe(node, batch_major(value, self.ops.channels[node.name])))
 
     def init_state(self, batch: int = 1) -> State:
         """A fresh state (all membrane codes 0) for ``batch`` streams."""
@@ -230,7 +249,7 @@ class NumpyRuntime:
         return {
             "conv_layers": len(convs) + len(self._head_convs),
             "channels": sum(c.out_channels for c in convs) + sum(self._head_convs),
-            "params": sum(c.weight.size for c in convs) + self._head_params,
+            "params": sum(c.params for c in convs) + self._head_params,
             "weight_bytes": self.weight_nbytes,
             "state_neurons": neurons,
             "state_bytes_per_stream": neurons,
@@ -243,13 +262,14 @@ class NumpyRuntime:
         return non_max_suppression(y, conf_thres, iou_thres, max_det), state
 
 
-def batch_major(value: np.ndarray) -> np.ndarray:
-    """A node's output in the torch runtime's layout, as a read-only view (no copy): channel-major ``[C, T, B, h, w]``
-    → ``[T, B, C, h, w]``, rates ``[C, B, h, w]`` → ``[B, C, h, w]``; the head's ``[B, 4 + nc, A]`` as it is."""
+def batch_major(value: np.ndarray, channels: int) -> np.ndarray:
+    """A node's output in the torch runtime's layout, as a read-only view (no copy): channel-last ``[T, B, h, w,
+    padded]`` → ``[T, B, channels, h, w]``, rates ``[C, B, h, w]`` → ``[B, C, h, w]``; the head's ``[B, 4 + nc, A]`` as
+    it is."""
     if value.ndim == 5:
-        value = np.moveaxis(value, 0, 2)
+        value = value[..., :channels].transpose(0, 1, 4, 2, 3)
     elif value.ndim == 4:
-        value = np.moveaxis(value, 0, 1)
+        value = value.transpose(1, 0, 2, 3)
     else:
         value = value.view()
     value.flags.writeable = False  # observers must not change what the next node reads
@@ -277,73 +297,90 @@ def _head_sizes(tensors: Mapping[str, np.ndarray], packed: Mapping[str, Any]) ->
 
 
 class NumpyOps:
-    """The runtime's integer arithmetic in numpy and numba, node kind by node kind, on channel-major arrays.
+    """The runtime's integer arithmetic in numpy and numba, node kind by node kind, on channel-last arrays.
 
-    A conv whose map has θ folded in (``output == "theta"``) hands its float32 accumulators ``[C, T, B, h, w]`` to
+    A conv whose map has θ folded in (``output == "theta"``) hands its float32 accumulators ``[T, B, h, w, A]`` to
     the one LIF that reads it, which applies the conv's map; every other conv outputs ``Q(F)`` int64 currents.
+    ``channels`` holds each node's real channel count (its arrays may be padded).
     """
 
     def __init__(self, runtime: NumpyRuntime) -> None:
         self.convs, self.lifs, self.head = runtime.convs, runtime.lifs, runtime.head
         graph = runtime.graph
-        self.events = graph.nodes[0].name  # the input node: the event histogram [T, B, 2, H, W], not channel-major
+        self.events = graph.nodes[0].name  # the input node: the event histogram [T, B, 2, H, W], not channel-last
         self.sparse_spikes = SPARSE_SPIKES
         # currents read by one node only (and not the caller's input): a join may add into them in place
         self.owned = {n.name for n in graph.nodes[1:] if len(graph.readers(n.name)) == 1}
+        self.channels: dict[str, int] = {}
+        for n in graph.nodes:
+            if n.kind == "conv":
+                self.channels[n.name] = self.convs[n.name].out_channels
+            elif n.kind == "lif":
+                self.channels[n.name] = self.lifs[n.name].channels
+            else:  # joins and rates keep their first input's channels; the input and the head have their own
+                self.channels[n.name] = self.channels.get(n.inputs[0], 0) if n.inputs else 2
+        # each LIF's input map (its own, or the θ map of the conv it reads) as lif_cl_kernel takes it: per channel,
+        # padded with zeros to A, repeated over the pixels of one block
+        self.lif_maps: dict[str, tuple[np.ndarray, ...]] = {}
+        for n in graph.of_kind("lif"):
+            lif = self.lifs[n.name]
+            lanes = _round_up(lif.channels, LANES)
+            pixels = max(1, LIF_BLOCK // lanes)
+            source = lif.map if lif.map is not None else self.convs[n.inputs[0]].map
+            self.lif_maps[n.name] = tuple(np.tile(np.pad(v, (0, lanes - len(v))), pixels) for v in source)
 
     def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
         conv = self.convs[node.name]
-        acc = self._first(conv, x) if node.inputs[0] == self.events else self._gemm(conv, x)
+        acc = self._first(conv, x) if node.inputs[0] == self.events else self._spikes(conv, x)
         if conv.output == "theta":
-            return acc  # [Cout, T, B, h, w] float32, mapped by the reading LIF
+            return acc  # [T, B, h, w, A] float32, mapped by the reading LIF
         out = np.empty(acc.shape, dtype=np.int64)
-        map_kernel(acc.reshape(1, len(acc), -1), *conv.map, out.reshape(1, len(acc), -1))
+        map_cl_kernel(acc.reshape(-1, conv.lanes), *conv.map, out.reshape(-1, conv.lanes))
         return out
 
-    def _gemm(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
-        """Accumulators ``[Cout, T, B, h, w]`` of channel-major 0/1 spikes ``x [Cin, T, B, H, W]`` (float32)."""
-        cin, t, b, height, width = x.shape
+    def _spikes(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
+        """Accumulators ``[T, B, h, w, A]`` float32 of channel-last 0/1 spikes ``x [T, B, H, W, A_in]`` uint8."""
+        t, b, height, width, padded = x.shape
         h, w = conv.output_size(height, width)
-        if conv.kernel == 1 and conv.stride == 1 and conv.padding == 0:
-            cols = x.reshape(cin, -1)  # a 1×1 conv is a matmul: no copy
-        elif conv.kernel > 1 and np.count_nonzero(x) <= self.sparse_spikes * x.size:
-            # few spikes: each adds its Cout weights to the outputs it reaches ([T·B, h, w, Cout], channels last)
-            out = np.zeros((t * b, h, w, conv.out_channels), dtype=np.float32)
-            scatter_spikes_kernel(x.reshape(cin, t * b, height, width), conv.scatter_weight, conv.stride,
-                                  conv.padding, out)
-            return np.ascontiguousarray(out.transpose(3, 0, 1, 2)).reshape(conv.out_channels, t, b, h, w)
+        frames = x.reshape(t * b, height, width, padded)
+        if conv.kernel == 1 and conv.padding == 0:  # a 1×1 conv is a matmul over the (strided) pixels
+            acc = np.asarray(frames[:, ::conv.stride, ::conv.stride], dtype=np.float32).reshape(-1, padded) @ conv.dense
+        elif np.count_nonzero(x) <= self.sparse_spikes / conv.stride * x.size:  # few: each spike adds its weights
+            acc = np.zeros((t * b, h, w, conv.lanes), dtype=np.float32)
+            conv_spikes_kernel(frames, conv.scatter, conv.stride, conv.padding, acc)
         else:
-            cols = np.empty((cin * conv.kernel**2, t * b * h * w), dtype=np.float32)
-            im2col_kernel(x.reshape(cin, t * b, height, width), conv.kernel, conv.stride, conv.padding, cols)
-        return (conv.weight @ cols).reshape(conv.out_channels, t, b, h, w)
+            cols = np.empty((t * b * h * w, conv.kernel**2 * padded), dtype=np.float32)
+            im2col_cl_kernel(frames, conv.kernel, conv.stride, conv.padding, cols)
+            acc = cols @ conv.dense
+        return acc.reshape(t, b, h, w, conv.lanes)
 
     def _first(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
         """The first conv over the histogram ``x [T, B, 2, H, W]`` uint8: event-driven when sparse, else a GEMM."""
         t, b, cin, height, width = x.shape
         h, w = conv.output_size(height, width)
-        if np.count_nonzero(x) <= SPARSE_INPUT * x.size and x.size % 8 == 0:
-            acc = np.zeros((conv.out_channels, t, b, h, w), dtype=np.float32)
-            scatter_bytes_cm_kernel(x.reshape(t * b, cin, height, width), conv.scatter_weight, conv.stride,
-                                    conv.padding, acc.reshape(conv.out_channels, t * b, h, w))
-            return acc
-        cols = np.empty((cin * conv.kernel**2, t * b * h * w), dtype=np.float32)
-        # [Cin, T·B, H, W] view of the input: im2col reads it in place
-        im2col_kernel(x.reshape(t * b, cin, height, width).transpose(1, 0, 2, 3), conv.kernel, conv.stride,
-                      conv.padding, cols)
-        return (conv.weight @ cols).reshape(conv.out_channels, t, b, h, w)
+        frames = x.reshape(t * b, cin, height, width)
+        if np.count_nonzero(x) <= SPARSE_INPUT * x.size and x.size % 8 == 0:  # the scan reads uint64 words
+            acc = np.zeros((t * b, h, w, conv.lanes), dtype=np.float32)
+            conv_counts_kernel(frames, conv.scatter, conv.stride, conv.padding, acc)
+        else:
+            cols = np.empty((t * b * h * w, conv.kernel**2 * cin), dtype=np.float32)
+            # [T·B, H, W, 2]: a channel-last view of the input, read in place
+            im2col_cl_kernel(frames.transpose(0, 2, 3, 1), conv.kernel, conv.stride, conv.padding, cols)
+            acc = cols @ conv.dense
+        return acc.reshape(t, b, h, w, conv.lanes)
 
     def lif(self, node: Node, x: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c, t, b = x.shape[:3]
-        shape = (b, c, *x.shape[3:])
+        lif = self.lifs[node.name]
+        t, b, h, w = x.shape[:4]
+        shape = (b, lif.channels, h, w)
         if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.shape != shape:
             raise ValueError(f"state {node.name!r}: expected int8 {shape}, got "
                              f"{getattr(codes, 'dtype', type(codes).__name__)} {tuple(getattr(codes, 'shape', ()))}")
-        lif = self.lifs[node.name]
-        input_map = lif.map if lif.map is not None else self.convs[node.inputs[0]].map
         new = np.array(codes, order="C", copy=True)
-        spikes = np.empty(x.shape, dtype=np.float32)
-        lif_cm_kernel(x.reshape(c, t, b, -1), *input_map, new.reshape(b, c, -1), spikes.reshape(c, t, b, -1),
-                      lif.one, lif.leak_shift, lif.low, lif.high, lif.half, lif.step_shift, lif.hard_reset)
+        spikes = np.empty(x.shape, dtype=np.uint8)
+        lif_cl_kernel(x.reshape(t, b, -1), *self.lif_maps[node.name], new.reshape(b, lif.channels, -1),
+                      spikes.reshape(t, b, -1), lif.one, lif.leak_shift, lif.low, lif.high, lif.half, lif.step_shift,
+                      lif.hard_reset)
         return spikes, new
 
     def add(self, node: Node, *xs: np.ndarray) -> np.ndarray:
@@ -353,20 +390,22 @@ class NumpyOps:
         return total
 
     def upsample_add(self, node: Node, fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
-        """``fine + nearest-upsampled coarse`` for int64 ``[C, T, B, h, w]`` currents (source index ``floor(dst ·
+        """``fine + nearest-upsampled coarse`` for int64 ``[T, B, h, w, A]`` currents (source index ``floor(dst ·
         in / out)``); for an integer factor with the coarse value broadcast over each block (no upsampled copy)."""
-        (h, w), (ch, cw) = fine.shape[-2:], coarse.shape[-2:]
+        (h, w), (ch, cw) = fine.shape[2:4], coarse.shape[2:4]
         out = fine if node.inputs[0] in self.owned and fine.flags.c_contiguous else fine.copy()
         if h % ch or w % cw:
             rows, cols = np.arange(h) * ch // h, np.arange(w) * cw // w
-            out += coarse[..., rows[:, None], cols]
+            out += coarse[:, :, rows[:, None], cols]
         else:
-            out.reshape(*out.shape[:-2], ch, h // ch, cw, w // cw)[...] += coarse[..., :, None, :, None]
+            out.reshape(*out.shape[:2], ch, h // ch, cw, w // cw, out.shape[4])[...] += coarse[:, :, :, None, :, None]
         return out
 
     def rate(self, node: Node, spikes: np.ndarray) -> np.ndarray:
-        # spike count / T as the torch runtime's mean (an exact count, one division): [C, T, B, h, w] → [C, B, h, w]
-        return spikes.sum(1) / np.float32(spikes.shape[1])
+        # spike count / T as the torch runtime's mean (an exact count, one division): [T, B, h, w, A] → the head's
+        # channel-major [C, B, h, w]
+        counts = spikes[..., :self.channels[node.name]].sum(0, dtype=np.float32)
+        return np.ascontiguousarray(np.moveaxis(counts, 3, 0)) / np.float32(spikes.shape[0])
 
     def detect(self, node: Node, *rates: np.ndarray) -> np.ndarray:
         return self.head(list(rates))

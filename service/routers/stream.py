@@ -58,7 +58,8 @@ async def _serve_message(websocket: WebSocket, session: StreamSession, engine: D
                          settings: Settings) -> bool:
     """Handle one client message; False once the session is over."""
     try:
-        message = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_s)
+        async with asyncio.timeout(settings.idle_timeout_s):  # unlike wait_for, no task per message
+            message = await websocket.receive()
     except TimeoutError:
         raise StreamError(CloseCode.IDLE_TIMEOUT, f"idle for {settings.idle_timeout_s:g} s; closing") from None
     received = time.perf_counter()
@@ -69,7 +70,9 @@ async def _serve_message(websocket: WebSocket, session: StreamSession, engine: D
         if len(data) > settings.max_message_bytes:
             raise StreamError(CloseCode.MESSAGE_TOO_BIG,
                               f"message of {len(data)} bytes; the limit is {settings.max_message_bytes}")
-        await _send_windows(websocket, session, engine, session.feed(data), received)
+        windows = session.feed(data)
+        if windows:  # most messages complete none (a window spans several)
+            await _send_windows(websocket, session, engine, windows, received)
         return True
     command = parse_control(message.get("text") or "")
     if isinstance(command, ConfigMessage):

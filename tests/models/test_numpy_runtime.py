@@ -89,6 +89,26 @@ def test_same_states_head_outputs_and_boxes_as_the_torch_runtime(spq):
     assert windows == 60 and boxes > 50
 
 
+def test_event_driven_and_gemm_convs_give_the_torch_runtimes_integers(spq):
+    """Each conv path of the channel-last engine (event-driven and GEMM, over spikes and over the histogram, with
+    padded channel counts in the pruned model) gives the torch runtime's states bit for bit and its head output."""
+    reference = Runtime.load(spq)
+    sparse, dense = NumpyRuntime.load(spq), NumpyRuntime.load(spq)
+    sparse.ops.sparse_spikes, dense.ops.sparse_spikes = np.inf, 0.0  # every k×k spike conv event-driven / a GEMM
+    t, (h, w) = reference.config.bins, reference.config.padded_size
+    busy = np.random.default_rng(0).integers(0, 4, (t, 2, 2, h, w), dtype=np.uint8)  # the first conv's GEMM
+    recorded = [counts for i, (_, _, counts) in enumerate(windows_of(reference)) if i in (30, 31)]
+    for x in (busy, np.stack(recorded, axis=1)):  # the event-driven first conv
+        with torch.inference_mode():
+            y_t, state_t = reference(torch.from_numpy(x))
+        for engine in (sparse, dense):
+            y_n, state_n = engine(x)
+            for name, codes in state_t.items():
+                assert np.array_equal(state_n[name], codes.numpy()), name
+            assert_same_head_output(y_t.numpy(), y_n)
+    assert any(codes.any() for codes in state_t.values())
+
+
 def test_nms_matches_ultralytics_on_crowded_random_predictions():
     rng = np.random.default_rng(0)
     for seed in range(20):

@@ -1,10 +1,13 @@
-"""Service settings: ``SPQUANT_*`` parsing, overrides, validation and immutability (no model, no server)."""
+"""Service settings: ``SPQUANT_*`` parsing, overrides, validation and immutability, and the model and engine they
+select (no model loaded, no server)."""
 
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from models.inference.bundled import BUNDLED_EXPORT, BUNDLED_MODEL
+from service.main import serving_model
 from service.settings import ENV_PREFIX, Settings
 
 VARIABLES = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
@@ -145,3 +148,14 @@ def test_settings_are_immutable():
         settings.port = 1
     assert settings.port == 8000
     assert hash(settings) == hash(Settings())
+
+
+def test_auto_serves_exported_models_on_numpy_and_checkpoints_on_torch(tmp_path):
+    assert serving_model(Settings()) == (BUNDLED_EXPORT, "numpy")  # the bundled model, as its export
+    assert serving_model(Settings(model=BUNDLED_EXPORT)) == (BUNDLED_EXPORT, "numpy")
+    assert serving_model(Settings(model=BUNDLED_MODEL)) == (BUNDLED_MODEL, "auto")  # a checkpoint needs torch
+    assert serving_model(Settings(integer=False)) == (BUNDLED_MODEL, "auto")  # the fake-quant model: torch
+    assert serving_model(Settings(runtime="torch")) == (BUNDLED_MODEL, "torch")
+    assert serving_model(Settings(runtime="numpy")) == (BUNDLED_EXPORT, "numpy")
+    missing = tmp_path / "missing.spq"
+    assert serving_model(Settings(model=missing)) == (missing, "auto")  # load_model says it is missing
