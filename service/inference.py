@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from data.denoise import BackgroundActivityFilter
 from data.errors import EventValidationError
 from data.events import validate_events
 from data.windows import iter_windows
@@ -102,17 +103,22 @@ class DetectionEngine:
             self.metrics.inference_seconds.observe(seconds)
 
     def detect(self, detector: StreamingDetector, chunks: Iterable[np.ndarray], max_events: int,
-               max_windows: int) -> tuple[int, list[dict[str, Any]]]:
+               max_windows: int, denoise_us: int = 0) -> tuple[int, list[dict[str, Any]]]:
         """Every window of an event stream with a fresh state (blocking; run it through :meth:`call`).
 
-        Returns (number of events, window dicts). Raises :class:`EventValidationError` for events off the sensor,
-        unsorted or negative timestamps or a span of more than ``max_windows``, :class:`PayloadTooLargeError` for more
-        than ``max_events`` events.
+        ``denoise_us`` > 0 runs the background-activity filter on the events first (as ``spquant predict
+        --denoise-us``). Returns (number of events received, window dicts). Raises :class:`EventValidationError` for
+        events off the sensor, unsorted or negative timestamps or a span of more than ``max_windows``,
+        :class:`PayloadTooLargeError` for more than ``max_events`` events.
         """
         counter = _CheckedChunks(chunks, detector.letterbox.sensor_width, detector.letterbox.sensor_height,
                                  max_events, max_windows, detector.window_us)
+        events: Iterable[np.ndarray] = counter
+        if denoise_us:
+            denoiser = BackgroundActivityFilter(counter.width, counter.height, denoise_us)
+            events = (denoiser(chunk) for chunk in counter)
         windows = []
-        for window, boxes in detector.run(iter_windows(counter, detector.window_us)):
+        for window, boxes in detector.run(iter_windows(events, detector.window_us)):
             windows.append(window_json(window.t_start, window.t_end, boxes, self.class_names))
         self.metrics.windows.labels(source="rest").inc(len(windows))
         return counter.events, windows

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from data.denoise import BackgroundActivityFilter
 from data.errors import EventDataError
 from data.events import validate_events
 from data.windows import Window, WindowCutter
@@ -97,6 +98,9 @@ class StreamSession:
         self.detector: StreamingDetector = self.engine.detector(self.width, self.height, threshold)
         self.decoder = stream_decoder(cfg.encoding)
         self.cutter = WindowCutter(self.engine.window_us)
+        # a fresh filter on reset: its per-pixel memory holds absolute timestamps, and a reset may restart the clock
+        denoise_us = self.settings.denoise_us
+        self.denoiser = BackgroundActivityFilter(self.width, self.height, denoise_us) if denoise_us else None
         self.state: Any = self.detector.init_state()
         self.received_data = False
 
@@ -120,6 +124,8 @@ class StreamSession:
         try:
             events = self.decoder.decode(data)
             validate_events(events, self.width, self.height)
+            if self.denoiser is not None:
+                events = self.denoiser(events)
             if len(events):
                 first = self.cutter.next_index
                 check_span(int(events["t"][0]) // self.cutter.window_us if first is None else first,

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         torch_threads: torch intra-op threads per forward pass. 1 is best for a server: streams run in parallel on
             the worker threads, and several intra-op threads on a busy machine can make a forward pass 100x slower.
         score_threshold: default minimum detection score (a request or stream may ask for another).
+        denoise_us: background-activity filter on every request and stream (``spquant predict --denoise-us``): drop
+            events with no neighbouring pixel active in the last this many µs (0 = off; for cameras whose background
+            noise fires false alarms; it costs AP on clean data).
     """
 
     # extra="forbid" rejects unknown constructor keywords. It does not make unrelated SPQUANT_* variables (such as
@@ -70,6 +73,7 @@ class Settings(BaseSettings):
     processes: bool | None = None
     torch_threads: int = Field(1, gt=0)
     score_threshold: float = Field(0.25, ge=0, le=1)
+    denoise_us: int = Field(0, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -111,7 +111,8 @@ async def detect(
             width, height = engine.sensor_size
         detector = engine.detector(width, height, threshold)
         n, windows = await engine.call(
-            engine.detect, detector, [events], settings.max_events_per_request, settings.max_windows
+            engine.detect, detector, [events], settings.max_events_per_request, settings.max_windows,
+            settings.denoise_us,
         )
     else:
         raise UnsupportedMediaTypeError(
@@ -136,5 +137,5 @@ def _detect_file(
             recording = open_recording(path, *engine.sensor_size)
         detector = engine.detector(recording.width, recording.height, threshold)
         n, windows = engine.detect(detector, recording.iter_chunks(), settings.max_events_per_request,
-                                   settings.max_windows)
+                                   settings.max_windows, settings.denoise_us)
         return recording.width, recording.height, n, windows

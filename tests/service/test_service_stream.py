@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from data.denoise import BackgroundActivityFilter
 from data.events import make_events
 from data.formats.dat import DatStreamDecoder, encode_dat_records, write_dat
 from data.formats.evt2 import encode_evt2
@@ -303,3 +304,24 @@ def test_concurrent_sessions_share_forward_passes(checkpoint):
         text = c.get("/metrics").text
     batched = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("spquant_batch_windows_sum"))
     assert batched == sum(len(e) for e in alone)  # every stream window went through the batcher
+
+
+def test_denoise_setting_filters_streams_and_requests_like_predict(checkpoint):
+    """SPQUANT_DENOISE_US: the stream and REST answers are those of the denoised events (`predict --denoise-us`)."""
+    ev = _recording(5)
+    kept = BackgroundActivityFilter(W, H, 5_000)(ev)
+    assert 0 < len(kept) < len(ev)  # sparse random events: the filter drops some and keeps some
+    with TestClient(_app(checkpoint, denoise_us=5_000)) as c:
+        with c.websocket_connect("/v1/stream") as ws:
+            messages = _stream(ws, ev, seed=3)
+            ws.send_json({"type": "reset"})  # a fresh filter: the same events give the same answer again
+            ws.receive_json()
+            again = _stream(ws, ev, seed=4)
+        rest = c.post("/v1/detect", content=encode_dat_records(ev).tobytes(),
+                      headers={"content-type": "application/octet-stream"}).json()
+    expected = _expected(checkpoint, kept)
+    assert messages[:len(expected)] == expected and again == messages
+    assert [{"type": "detections", **w} for w in rest["windows"]][:len(expected)] == expected
+    assert rest["events"] == len(ev)  # events received, before the filter
+    with pytest.raises(ValueError):
+        Settings(denoise_us=-1)
