@@ -1,7 +1,8 @@
 """Compiled (numba) kernels of the integer runtimes: LIF, requantization, event-driven conv. numpy only, no torch.
 
 The torch runtime (:mod:`models.inference.runtime`) calls the batch-major ones, the torch-free one
-(:mod:`models.inference.numpy_runtime`) the channel-last ones, on numpy arrays; they release the GIL. The integer
+(:mod:`models.inference.numpy_runtime`) the channel-last ones, and both the integer Detect head's
+:func:`requant_kernel`, on numpy arrays; they release the GIL. The integer
 arithmetic is described in :mod:`models.inference.export`.
 """
 
@@ -112,6 +113,21 @@ def map_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.ndar
             xc, oc = x[n, c], out[n, c]
             for p in range(x.shape[2]):
                 oc[p] = (np.int64(xc[p]) * m + r) >> s
+
+
+@njit(cache=True, nogil=True)
+def requant_kernel(acc: np.ndarray, multiplier: np.ndarray, bias: np.ndarray, shift: np.ndarray, table: np.ndarray,
+                   luts: np.ndarray, top: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # acc [N, C, P] float32 integer accumulators → out [N, C, P] float32 activation codes: channel c's
+    # pre-activation code z = clamp((acc·M + R) >> s, -top, top) (rounded half up: R holds the half), and its output
+    # code luts[table[c], z + top]
+    for n in range(acc.shape[0]):
+        for c in range(acc.shape[1]):
+            m, r, s, lut = multiplier[c], bias[c], shift[c], luts[table[c]]
+            a, o = acc[n, c], out[n, c]
+            for p in range(acc.shape[2]):
+                z = (np.int64(a[p]) * m + r) >> s
+                o[p] = lut[min(max(z, -top), top) + top]
 
 
 # ----------------------------------------------------------------------------- kernels of the torch-free runtime

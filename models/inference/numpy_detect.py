@@ -30,9 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from numba import njit
 
-from models.inference.kernels import im2col_kernel
+from models.inference.kernels import im2col_kernel, requant_kernel
 from models.inference.spq import head_weight, unpack_codes
 
 MERGE_CHANNELS = 32  # as FusedDetect: merge the depthwise 3×3 into the box branch's 3×3 up to this many channels
@@ -271,21 +270,6 @@ def _integer_branch(tensors: Mapping[str, np.ndarray], packed: Mapping[str, Any]
     if not scale.shape == bias.shape == (len(weight), 1):
         raise ValueError(f"head.{final}: {len(scale)} scales and {len(bias)} biases for {len(weight)} channels")
     return tuple(layers), IntegerOutput(weight.reshape(len(weight), -1), scale, bias)
-
-
-@njit(cache=True, nogil=True)
-def requant_kernel(acc: np.ndarray, multiplier: np.ndarray, bias: np.ndarray, shift: np.ndarray, table: np.ndarray,
-                   luts: np.ndarray, top: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    # acc [N, C, P] float32 integer accumulators → out [N, C, P] float32 activation codes: channel c's
-    # pre-activation code z = clamp((acc·M + R) >> s, -top, top) (rounded half up: R holds the half), and its output
-    # code luts[table[c], z + top]
-    for n in range(acc.shape[0]):
-        for c in range(acc.shape[1]):
-            m, r, s, lut = multiplier[c], bias[c], shift[c], luts[table[c]]
-            a, o = acc[n, c], out[n, c]
-            for p in range(acc.shape[2]):
-                z = (np.int64(a[p]) * m + r) >> s
-                o[p] = lut[min(max(z, -top), top) + top]
 
 
 class Requantizer:
