@@ -116,6 +116,13 @@ def _validate(config: Mapping[str, Any]) -> None:
     for key, allowed in QUANTIZATION_CHOICES.items():
         if config[key] is not None and (config[key] not in allowed or isinstance(config[key], bool)):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))} (or null), got {config[key]!r}")
+    if not 0 < config["mask_mass"] <= 1:
+        raise ConfigError(f"mask_mass must lie in (0, 1], got {config['mask_mass']}")
+    if not 0 <= config["mask_budget"] <= 1:
+        raise ConfigError(f"mask_budget must lie in [0, 1], got {config['mask_budget']}")
+    for key in ("mask_gain", "mask_budget_gain", "mask_lr_gain", "activity_gain"):
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {config[key]}")
     if not 0 <= config["ema_decay"] < 1:
         raise ConfigError(f"ema_decay must lie in [0, 1), got {config['ema_decay']}")
     try:

@@ -18,7 +18,7 @@ from typing import Any
 from app.config import build_config, load_defaults
 from data.gen1 import list_recordings
 from models.compress.prune import ChannelMasks, PrunePlan, channel_importance, plan_pruning, remove_channels
-from models.networks.detector import SpikingYOLO, requantized
+from models.networks.detector import SpikingYOLO, requantized, with_channel_gates
 
 # Training keys a fine-tune inherits from the checkpoint's own training run (optimisation and augmentation).
 INHERITED_KEYS = ("batch", "seq_len", "weight_decay", "ema_decay", "grad_clip", "box_gain", "cls_gain", "dfl_gain",
@@ -44,6 +44,12 @@ class PruneSettings:
     val_recordings: int = 1
     project: str = "runs/prune"
     name: str | None = None
+    channel_gates: bool = False  # add channel gates and train them in the fine-tune (see app/cfg/default.yaml)
+    mask_mass: float = 0.85
+    mask_budget: float = 1.0
+    mask_gain: float = 1.0
+    mask_lr_gain: float = 10.0
+    activity_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target_flops_reduction < 1:
@@ -98,7 +104,8 @@ def prune_detector(
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    model = (model if settings.head_bits is None else requantized(model, head_bits=settings.head_bits)).eval()
+    model = model if settings.head_bits is None else requantized(model, head_bits=settings.head_bits)
+    model = (with_channel_gates(model) if settings.channel_gates else model).eval()  # fresh gates keep everything
     calibration = channel_importance(
         model, [r.events for r in list_recordings(data, "train")], settings.calibration_windows, progress
     )
@@ -163,6 +170,12 @@ def _finetune_config(model: SpikingYOLO, data: str | os.PathLike[str], settings:
         "lr": settings.lr,
         "warmup_steps": settings.warmup_steps,
         "distill_gain": settings.distill_gain,
+        "channel_gates": cfg.channel_gates,
+        "mask_mass": settings.mask_mass,
+        "mask_budget": settings.mask_budget,
+        "mask_gain": settings.mask_gain,
+        "mask_lr_gain": settings.mask_lr_gain,
+        "activity_gain": settings.activity_gain,
         "threads": settings.threads,
         "val_recordings": settings.val_recordings,
         "project": settings.project,

@@ -35,24 +35,34 @@ from data.sequences import SequenceStreams
 from models.compress.distill import DistillationLoss, frozen_teacher
 from models.inference.stream import input_histogram
 from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
-from models.networks.detector import QUANTIZATION_FIELDS, DetectorConfig, SpikingYOLO, build_detector, requantized
+from models.networks.detector import (
+    QUANTIZATION_FIELDS,
+    DetectorConfig,
+    SpikingYOLO,
+    build_detector,
+    requantized,
+    with_channel_gates,
+)
 from models.networks.loss import DetectionLoss, select_images
 from models.networks.neuron import use_implementation
+from models.networks.sparsity import ActivityPenalty, GateLoss
 from models.networks.state import detach_state, reset_state
 from models.networks.ultralytics_parts import ModelEMA
 
 # data_share: the share of the epoch's training time spent waiting for batches (the loader's share of a step)
-METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds", "data_share")
+# kept: the FLOPs-weighted share of gated channels kept (channel gates); rate: the mean firing rate (activity_gain)
+METRIC_COLUMNS = ("epoch", "loss", "box", "cls", "dfl", "lr", "AP", "AP50", "AP75", "seconds", "data_share", "kept",
+                  "rate")
 
 
 # Training-config keys that are DetectorConfig fields: the architecture, and its quantization (null = the default).
 ARCHITECTURE_KEYS = ("variant", "scale", "bins", "window_us", "cutoff", "input_width", "input_height", "membrane_lb",
-                     "leak")
+                     "leak", "channel_gates")
 
 
 def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
     """The architecture and quantization part of a training config."""
-    values = {key: config[key] for key in ARCHITECTURE_KEYS}
+    values = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}  # resumed runs may predate a key
     quantization = {key: config[key] for key in QUANTIZATION_FIELDS if config.get(key) is not None}
     return DetectorConfig(**{**values, **quantization, "membrane_lb": float(values["membrane_lb"]),
                              "leak": float(values["leak"])})
@@ -126,6 +136,8 @@ class Trainer:
             model = load_detector(config["init"]).train()
             given = {key: config[key] for key in QUANTIZATION_FIELDS if config.get(key) is not None}
             model = requantized(model, **given)
+            if config.get("channel_gates"):
+                model = with_channel_gates(model)
         if model is not None:  # the starting model's architecture wins over the config's (recorded as trained)
             config = {**config, **architecture_keys(model.config)}
         self.config = config
@@ -178,6 +190,11 @@ class Trainer:
         if self.world_size > 1:
             self.unroll = nn.parallel.DistributedDataParallel(self.unroll)
         self.loss = DetectionLoss(self.model, config["box_gain"], config["cls_gain"], config["dfl_gain"])
+        self.gate_loss = (GateLoss(self.model, config.get("mask_mass", 0.85), config.get("mask_gain", 1.0),
+                                   config.get("mask_budget", 1.0), config.get("mask_budget_gain", 1.0))
+                          if self.detector_config.channel_gates else None)
+        activity = config.get("activity_gain", 0.0)
+        self.activity = ActivityPenalty(self.model, activity) if activity > 0 else None
 
     def _build_teacher(self, teacher: SpikingYOLO | None) -> None:
         """The frozen teacher of distillation, if one is given (argument or the config's ``teacher``)."""
@@ -219,14 +236,20 @@ class Trainer:
         self.total_steps = max(1, config["epochs"] * self.steps_per_epoch)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW; no weight decay on biases, BN and thresholds."""
-        decay, no_decay = [], []
+        """AdamW; no weight decay on biases, BN and thresholds; channel gates (when the model has them) in a group of
+        their own at ``lr · mask_lr_gain``, without weight decay."""
+        decay, no_decay, gate_params = [], [], []
         for name, param in self.model.named_parameters():
-            (decay if param.dim() > 1 and "threshold" not in name else no_decay).append(param)
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.config["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.config["lr"],
-        )
+            if ".gate." in name:
+                gate_params.append(param)
+            else:
+                (decay if param.dim() > 1 and "threshold" not in name else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.config["weight_decay"]},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if gate_params:  # fresh predictors on a trained network: they must learn within a short fine-tune
+            groups.append({"params": gate_params, "weight_decay": 0.0,
+                           "lr": self.config["lr"] * self.config.get("mask_lr_gain", 1.0)})
+        return torch.optim.AdamW(groups, lr=self.config["lr"])
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         """Linear warm-up, then cosine decay to ``lr · final_lr_ratio`` over the whole run."""
@@ -285,6 +308,7 @@ class Trainer:
         self.model.train()
         state = teacher_state = None
         sums, images = np.zeros(4), 0
+        kept, rate, chunks = 0.0, 0.0, 0
         batches = tqdm(
             epoch_batches(self.streams, epoch, self.config.get("workers", 0)),
             total=self.steps_per_epoch,
@@ -319,6 +343,16 @@ class Trainer:
                 elif self.world_size > 1:
                     # every rank must run backward through all parameters, even without labels in its share
                     total = total + 0.0 * (preds["scores"].sum() + preds["boxes"].sum())
+            windows = x.shape[0] * x.shape[1]  # the sparsity terms are means per window, like the detection loss
+            chunks += 1
+            if self.gate_loss is not None:
+                gate_total, gate_parts = self.gate_loss()
+                total = total + gate_total * windows
+                kept += float(gate_parts[2])
+            if self.activity is not None:
+                activity_total, chunk_rate = self.activity()
+                total = total + activity_total * windows
+                rate += float(chunk_rate)
             if total.requires_grad:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.grad_scaler.scale(total / x.shape[0] / x.shape[1]).backward()
@@ -342,7 +376,9 @@ class Trainer:
         parts = sums / max(images, 1)
         data_share = waited / max(time.perf_counter() - start, 1e-9)
         return {"loss": float(parts[0]), "box": float(parts[1]), "cls": float(parts[2]), "dfl": float(parts[3]),
-                "data_share": round(data_share, 4)}
+                "data_share": round(data_share, 4),
+                "kept": round(kept / max(chunks, 1), 4) if self.gate_loss is not None else None,
+                "rate": round(rate / max(chunks, 1), 5) if self.activity is not None else None}
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         """A batch array on the training device; through pinned memory and an asynchronous copy on CUDA."""
@@ -406,6 +442,8 @@ class Trainer:
             print(
                 f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
                 f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"
+                + (f"  kept {losses['kept']:.3f}" if losses["kept"] is not None else "")
+                + (f"  rate {losses['rate']:.4f}" if losses["rate"] is not None else "")
                 + ("  *best*" if improved else "")
             )
         return row

@@ -2,7 +2,8 @@
 
 Channel pruning with the membrane-potential prior: calibrate on the training split, rank channels globally toward the
 FLOPs target, fine-tune with gradually growing masks, remove the channels physically and save a smaller checkpoint
-that loads everywhere an unpruned one does.
+that loads everywhere an unpruned one does. ``--channel-gates`` adds the per-window channel gates too (trained in the
+fine-tune with their loss; pruning slices them with their convs), so static and dynamic channel sparsity combine.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=0.002, help="fine-tuning peak learning rate")
     parser.add_argument("--distill", type=float, default=0.0, metavar="GAIN",
                         help="distil the unpruned model's head outputs into the pruned one with this gain (0 = off)")
+    parser.add_argument("--channel-gates", action="store_true",
+                        help="add per-window channel gates (the paper's masks) and train them in the fine-tune")
+    parser.add_argument("--mask-mass", type=float, default=0.85,
+                        help="gate targets keep the channels holding this share of a window's activation")
+    parser.add_argument("--mask-budget", type=float, default=1.0,
+                        help="FLOPs-weighted share of gated channels kept above which the budget term applies")
+    parser.add_argument("--mask-gain", type=float, default=1.0, help="weight of the gate-target loss")
+    parser.add_argument("--activity", type=float, default=0.0, metavar="GAIN",
+                        help="add GAIN x the mean firing rate to the fine-tuning loss (sparser spikes; 0 = off)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--eval-split", default="val", choices=("train", "val", "test", "none"),
                         help="split scored after pruning (none: skip)")
@@ -74,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         head_bits=args.head_bits,
         distill_gain=args.distill,
+        channel_gates=args.channel_gates,
+        mask_mass=args.mask_mass,
+        mask_budget=args.mask_budget,
+        mask_gain=args.mask_gain,
+        activity_gain=args.activity,
         threads=args.threads,
         project=args.project,
         name=f"{args.out.stem}-finetune",

@@ -88,6 +88,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"  event-driven  {report['flops_effective'] / 1e6:>10.2f} M    {report['flops_reduction_event_driven']:.2f}x "
         f"ceiling: also skipping conv positions with a silent receptive field (tile {report['tile']}), as "
         "event-driven hardware could; not credited to the runtimes' dense convs",
+        *format_gates(report),
         f"SynOps / window {report['synops'] / 1e6:>10.2f} M    (spiking layers; head FLOPs "
         f"{report['head_flops_executed'] / 1e6:.2f} M)",
         *format_energy(report),
@@ -107,6 +108,16 @@ def format_report(report: dict[str, Any]) -> str:
     if "plot" in report:
         lines.append(f"\nplot: {report['plot']}")
     return "\n".join(lines)
+
+
+def format_gates(report: dict[str, Any]) -> list[str]:
+    """The channel-gate lines (none for a model without gates; reports written before gates had no such keys)."""
+    gates = report.get("gates") or {}
+    if not gates:
+        return []
+    kept = ", ".join(f"{name.removeprefix('backbone.')} {share:.2f}" for name, share in gates.items())
+    return [f"  channel gates {report['flops_predictor'] / 1e6:>10.3f} M    predictors (counted above); kept share "
+            f"per window: {kept}"]
 
 
 def format_deployed(report: dict[str, Any]) -> list[str]:

@@ -7,8 +7,11 @@
 - **Membrane FLOPs**: one update per neuron and time step (dense, pruned); the paper counts only neurons whose stored
   state is non-zero after the step (its ``(1 − frac(u == 0))``).
 - **Executed FLOPs** (``flops_executed``, the headline ``flops_reduction``): the work the runtimes run, by the paper's
-  formula — conv FLOPs over the kept channels at every position plus membrane updates of non-zero states (there is
-  no mask predictor to add).
+  formula — conv FLOPs over the kept channels at every position plus membrane updates of non-zero states. A gated
+  conv (channel gates, :mod:`models.networks.gates`) counts only the output channels its gate kept in each window
+  (measured: the masks the model produced on the recordings, ``kept_fraction`` per layer) plus its predictor's own
+  work (pooling ``Cin·T·H·W`` adds and the ``Cin·Cout`` 1×1 conv per window); its event-driven count and SynOps
+  are scaled by the layer's mean kept fraction.
 - **Event-driven FLOPs** (``flops_effective``, ``flops_reduction_event_driven``): the executed count less every conv
   output position whose receptive field holds no non-zero input at that step, at ``tile`` × ``tile`` granularity (a
   silent tile's conv output is exactly the BN shift, a constant). A ceiling: what event-driven hardware could skip.
@@ -49,7 +52,7 @@ from models.inference.export import export_model
 from models.inference.spq import ExportFormatError, header_nbytes
 from models.inference.stream import run_recordings
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
-from models.networks.graph import conv_spec
+from models.networks.graph import CONV_KINDS, conv_spec
 from models.networks.neuron import IntegerLIF, MembraneHook
 from models.networks.quant import QuantConv2d
 
@@ -81,17 +84,26 @@ class LayerCount:
     synops: float = 0.0  # non-zero inputs × fan-out (spiking convs)
     spikes: float = 0.0  # spikes emitted (membrane)
     positions: float = 0.0  # output positions × steps seen
+    gated: bool = False  # a gated conv: its output channels are kept per window
+    kept_channels: float = 0.0  # output channels its gate kept (gated convs)
+    predictor: float = 0.0  # its gate's own FLOPs (gated convs)
 
     def per_window(self, windows: int) -> LayerCount:
         """The same counts divided by ``windows``."""
-        fields = ("flops", "effective", "synops", "spikes", "positions")
+        fields = ("flops", "effective", "synops", "spikes", "positions", "kept_channels", "predictor")
         scaled = {f: getattr(self, f) / max(windows, 1) for f in fields}
         return dataclasses.replace(self, **scaled)
 
     @property
+    def kept_fraction(self) -> float:
+        """Mean share of the output channels a gated conv's gate kept per window (1 for every other layer)."""
+        return self.kept_channels / self.channels if self.gated and self.channels else 1.0
+
+    @property
     def executed(self) -> float:
-        """What a runtime executes by the paper's formula: a conv at every position, a membrane's non-zero states."""
-        return self.flops if self.kind == "conv" else self.effective
+        """What a runtime executes by the paper's formula: a conv at every position over its kept channels (plus a
+        gate's predictor), a membrane's non-zero states."""
+        return self.flops * self.kept_fraction + self.predictor if self.kind == "conv" else self.effective
 
     @property
     def active_fraction(self) -> float:
@@ -144,9 +156,13 @@ class FlopsCounter:
     def __enter__(self) -> FlopsCounter:
         self._handles.append(self.model.register_forward_pre_hook(self._count_window))
         for node in self.model.graph:
-            if node.kind == "conv":
+            if node.kind in CONV_KINDS:
                 reads_spikes = self.model.graph[node.inputs[0]].kind == "lif"
                 self._watch_conv(f"{node.name}.conv", node.module.conv, spiking=True, binary_input=reads_spikes)
+                if node.kind == "gated_conv":
+                    count = self.counts[f"{node.name}.conv"]
+                    count.gated = True
+                    self._handles.append(node.module.gate.register_forward_hook(self._gate_hook(count)))
             elif node.kind == "lif":
                 count = self.counts[node.name] = LayerCount(node.name, "membrane", node.module.channels or 0)
                 self._handles.append(node.module.register_forward_hook(self._spike_hook(count)))
@@ -188,6 +204,15 @@ class FlopsCounter:
         return hook
 
     @staticmethod
+    def _gate_hook(count: LayerCount) -> Callable[..., None]:
+        def hook(gate: nn.Module, args: tuple[Tensor, ...], out: tuple[Tensor, Tensor]) -> None:
+            x, keep = args[0], out[0]  # [T, B, Cin, H, W], [B, Cout]
+            count.kept_channels += float(keep.detach().sum())
+            count.predictor += x.numel() + keep.numel() * x.shape[2]  # pooling adds, then Cin·Cout MACs per stream
+
+        return hook
+
+    @staticmethod
     def _spike_hook(count: LayerCount) -> Callable[..., None]:
         def hook(lif: IntegerLIF, args: tuple[Tensor, ...], out: tuple[Tensor, Tensor]) -> None:
             count.spikes += float(out[0].float().sum())
@@ -205,8 +230,11 @@ class FlopsCounter:
         return hook
 
     def layers(self) -> list[LayerCount]:
-        """Per-window counts of every layer, in module order (layers that never ran are left out)."""
-        return [c.per_window(self.windows) for c in self.counts.values() if c.positions]
+        """Per-window counts of every layer, in module order (layers that never ran are left out); a gated conv's
+        event-driven count and SynOps over its kept channels (times the mean kept fraction) plus its predictor."""
+        layers = [c.per_window(self.windows) for c in self.counts.values() if c.positions]
+        return [dataclasses.replace(c, effective=c.effective * c.kept_fraction + c.predictor,
+                                    synops=c.synops * c.kept_fraction) if c.gated else c for c in layers]
 
 
 def static_counts(model: SpikingYOLO) -> list[LayerCount]:
@@ -239,7 +267,7 @@ def footprint(model: Any) -> dict[str, int]:
     ``state_bytes_per_stream_packed`` (at the membrane grid's bits; FP32 for a float membrane).
     """
     graph, cfg = model.graph, model.config
-    convs = [conv_spec(node) for node in graph.of_kind("conv")]
+    convs = [conv_spec(node) for node in graph.of_kind(*CONV_KINDS)]
     head_convs = [m for node in graph.of_kind("detect") for m in node.module.modules() if isinstance(m, nn.Conv2d)]
     neurons = sum(math.prod(shape) for shape in graph.state_shapes(*cfg.padded_size).values())
     neuron = cfg.neuron()
@@ -372,6 +400,8 @@ def model_report(
         "flops_reduction": flops_dense / flops_executed,
         "flops_reduction_event_driven": flops_dense / flops_effective if flops_effective else math.inf,
         "flops_reduction_channels": flops_dense / flops_pruned,
+        "flops_predictor": sum(c.predictor for c in layers),
+        "gates": {c.name.removesuffix(".conv"): round(c.kept_fraction, 4) for c in layers if c.gated},
         "synops": sum(c.synops for c in layers),
         "head_flops_executed": sum(c.executed for c in layers if not c.spiking),
         "energy_uj_per_window": energy,
@@ -390,7 +420,9 @@ def model_report(
 ACCOUNTING = {  # the report's definitions, kept in its JSON beside the figures
     "reference": "the FP32 dense model of the same scale and input (unpruned widths, 32-bit weights and membranes)",
     "flops_reduction": "flops_dense / flops_executed: conv MACs over the kept channels at every position plus "
-                       "membrane updates of non-zero states (the paper's formula; what the runtimes execute)",
+                       "membrane updates of non-zero states (the paper's formula; what the runtimes execute); a "
+                       "gated conv over the channels its gate kept in each window, plus the predictor's FLOPs",
+    "gates": "per gated conv, the mean share of its output channels kept per window on the measured recordings",
     "flops_reduction_event_driven": "flops_dense / flops_effective: as executed, less every conv output position "
                                     "whose receptive field holds no non-zero input (at `tile` granularity): what "
                                     "event-driven hardware could skip; the runtimes run dense convs but for the "
@@ -432,6 +464,8 @@ def _layer_row(count: LayerCount, dense: LayerCount | None) -> dict[str, Any]:
         "energy_ops": ops,
         "energy_uj": count.energy_pj() * _PJ_TO_UJ,
     }
+    if count.gated:
+        row["kept_fraction"] = round(count.kept_fraction, 4)
     if count.kind == "membrane":
         row["firing_rate"] = round(count.firing_rate, 4)
     elif count.spiking:

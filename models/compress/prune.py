@@ -34,6 +34,8 @@ from torch import Tensor, nn
 from models.compress.accounting import FlopsCounter, LayerCount
 from models.inference.stream import run_recordings
 from models.networks.detector import SpikingYOLO, build_detector
+from models.networks.gates import ChannelGate
+from models.networks.graph import CONV_KINDS
 from models.networks.head import head_channel_table
 from models.networks.neuron import IntegerLIF, MembraneHook, membrane_hooks
 
@@ -47,7 +49,7 @@ class ChannelGroup:
     name: str
     width: int
     produce: list[nn.Module] = dataclasses.field(default_factory=list)  # sliced on output channels: convs, BNs, LIFs
-    consume: list[nn.Conv2d] = dataclasses.field(default_factory=list)  # sliced on input channels
+    consume: list[nn.Module] = dataclasses.field(default_factory=list)  # sliced on input channels: convs, gates
     lifs: list[IntegerLIF] = dataclasses.field(default_factory=list)  # neurons integrating the group (masked, scored)
     gated: list[nn.Module] = dataclasses.field(default_factory=list)  # head layers whose output the mask zeroes
 
@@ -72,11 +74,13 @@ def channel_groups(model: SpikingYOLO) -> dict[str, ChannelGroup]:
         return groups.setdefault(name, ChannelGroup(name, widths[name]))
 
     for node in graph:
-        if node.kind == "conv":
-            group(node.group).produce += [node.module.conv, node.module.bn]
+        if node.kind in CONV_KINDS:
+            # a gated conv's gate predicts its output channels from its input channels: sliced on both
+            gate = [node.module.gate] if node.kind == "gated_conv" else []
+            group(node.group).produce += [node.module.conv, node.module.bn, *gate]
             source = graph.group(node.inputs[0])
             if source is not None:
-                group(source).consume.append(node.module.conv)
+                group(source).consume += [node.module.conv, *gate]
         elif node.kind == "lif":
             owner = group(graph.group(node.name))
             owner.produce.append(node.module)
@@ -389,10 +393,14 @@ def _narrow_output(module: nn.Module, index: Tensor) -> None:
         if module.log_threshold.dim() > 0:  # per-channel θ: [C, 1, 1]
             module.log_threshold = _sliced(module.log_threshold, index, 0)
         module.channels = len(index)
+    elif isinstance(module, ChannelGate):  # weight [Cout, Cin], bias [Cout]
+        module.weight = _sliced(module.weight, index, 0)
+        module.bias = _sliced(module.bias, index, 0)
     else:
         raise TypeError(f"cannot narrow {type(module).__name__}")
 
 
-def _narrow_input(conv: nn.Conv2d, index: Tensor) -> None:
-    conv.weight = _sliced(conv.weight, index, 1)
-    conv.in_channels = len(index)
+def _narrow_input(module: nn.Module, index: Tensor) -> None:
+    module.weight = _sliced(module.weight, index, 1)  # a conv's [Cout, Cin, k, k] or a gate's [Cout, Cin]
+    if isinstance(module, nn.Conv2d):
+        module.in_channels = len(index)

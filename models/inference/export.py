@@ -14,6 +14,11 @@ The integer arithmetic (``F`` = :data:`FRAC_BITS` fractional bits; ``Q(F)`` mean
 * The LIF runs in θ units ``Q(F)``: ``u = C + (m << leak_shift)`` (λ·step is a power of two: a shift),
   spike ``u > 2^F``, reset, then ``m = (clamp(u, lb, ub) + half) >> step_shift`` — round half up, as the float model.
 
+* A gated conv (:mod:`models.networks.gates`) is θ-folded like any conv its one LIF reads; its gate's 8-bit codes
+  are stored beside it, and the runtimes decide per window and stream ``Σ count·w + b·T·H·W > 0`` in int64, compute
+  only the kept output channels and apply the map themselves (so a dropped channel's current is exactly 0): the
+  LIF reads those θ-unit currents as they are (its ``input`` is ``gated``).
+
 The ``.spq`` file (read and written by :mod:`models.inference.spq`, numpy only, which also holds the format's
 version history) is the safetensors layout; its header carries the detector config and the layer graph of
 :mod:`models.networks.graph` whose nodes carry their integer attributes (conv geometry, bits and output units, LIF
@@ -71,7 +76,8 @@ from models.inference.spq import (  # the torch-free file format; its names stay
 )
 from models.networks.blocks import ConvBN
 from models.networks.detector import DetectorConfig, SpikingYOLO
-from models.networks.graph import Graph, Node, conv_spec
+from models.networks.gates import GATE_BITS
+from models.networks.graph import CONV_KINDS, Graph, Node, conv_spec
 from models.networks.neuron import IntegerLIF
 from models.networks.quant import QuantConv2d, QuantSiLU, weight_codes
 
@@ -186,18 +192,31 @@ class _Folder:
         self.attrs[node.name] = {**conv_spec(node), "output": "real" if theta is None else "theta"}
         self.bounds[node.name] = np.abs(a) * acc_bound + np.abs(b)
 
+    def gated_conv(self, node: Node) -> None:
+        """A gated conv: the conv (θ-folded: one LIF alone reads it), plus its gate's integer codes — ``gate.weight``
+        ``[Cout, Cin]`` and ``gate.bias`` ``[Cout]`` (:mod:`models.networks.gates`: keep channel ``o`` of a window iff
+        ``Σ_i count_i · weight[o, i] + bias[o] · T·H·W > 0``). The runtime applies the conv's map itself, so the
+        masked channels' currents are exact zeros, and hands the LIF θ-unit currents (its ``input`` is ``gated``)."""
+        self.conv(node)
+        weight, bias, _ = node.module.gate.codes()
+        self.tensors[f"{node.name}.gate.weight"] = weight.numpy().astype(np.int8)
+        self.tensors[f"{node.name}.gate.bias"] = bias.numpy().astype(np.int64)
+        self.attrs[node.name]["gate_bits"] = GATE_BITS
+
     def lif(self, node: Node) -> None:
-        """A LIF fed by a θ-folded conv reads that conv's map; one reading a shared real-valued current (a residual
-        stream, an FPN sum) gets its own ``1/θ`` map."""
+        """A LIF fed by a θ-folded conv reads that conv's map; one fed by a gated conv reads its mapped θ-unit
+        currents as they are; one reading a shared real-valued current (a residual stream, an FPN sum) gets its own
+        ``1/θ`` map."""
         lif, source = node.module, self.graph[node.inputs[0]]
         cfg = lif.config
         if not cfg.quantize_membrane:
             raise ExportFormatError("integer export needs quantized membranes (the spquant variant)")
         grid = lif.grid
         step_exp = _power_of_two_exponent(grid.step, "the membrane step")
-        folded = source.kind == "conv" and self.attrs[source.name]["output"] == "theta"
+        folded = source.kind in CONV_KINDS and self.attrs[source.name]["output"] == "theta"
+        kind = ("gated" if source.kind == "gated_conv" else "conv") if folded else "stream"
         entry: dict[str, Any] = {
-            "channels": lif.channels, "input": "conv" if folded else "stream", "reset": cfg.reset,
+            "channels": lif.channels, "input": kind, "reset": cfg.reset,
             "code_min": grid.code_min, "code_max": grid.code_max, "step_shift": FRAC_BITS - step_exp,
             "leak_shift": None if cfg.leak == 0 else FRAC_BITS - step_exp - _power_of_two_exponent(cfg.leak, "λ"),
         }

@@ -16,6 +16,9 @@ as the torch runtime (see :mod:`models.inference.export`):
   on integer codes and integer inputs with partial sums below 2^24 (checked at export), so it is exact, as in the
   torch runtime;
 * the first conv is event-driven (work ∝ events) on sparse histograms, as in the torch runtime;
+* a gated conv (:mod:`models.networks.gates`) decides per window and stream in int64 which output channels to keep
+  (the torch runtime's rule), then runs the same paths over gathered weight tables of the kept channels only and
+  maps them itself; the dropped channels' currents are exact zeros, and its LIF reads the θ-unit currents as they are;
 * the LIF and requantization are the compiled kernels of :mod:`models.inference.kernels`;
 * the residual and FPN sums are int64 adds, in place where the graph says no one else reads the current;
 * the Detect head is :class:`~models.inference.numpy_detect.NumpyDetect` (float32, agrees with the torch runtime's
@@ -49,7 +52,7 @@ from models.inference.kernels import (
 from models.inference.numpy_detect import NumpyDetect, non_max_suppression
 from models.inference.spq import ExportFormatError, conv_codes, read_spq, stored_nbytes
 from models.networks.frozen_config import sensor_size
-from models.networks.graph import Graph, Node
+from models.networks.graph import CONV_KINDS, Graph, Node
 
 try:  # caps BLAS threads per call (see NumpyRuntime); optional: without it BLAS keeps its own default
     from threadpoolctl import ThreadpoolController
@@ -62,6 +65,8 @@ SPARSE_INPUT = 0.05  # event histograms up to this density take the event-driven
 # fewer outputs to compute; measured crossovers: ~25% at stride 1, ~12% at stride 2)
 SPARSE_SPIKES = 0.25
 LIF_BLOCK = 256  # membranes the channel-last LIF keeps in a local array (whole pixels; 2 KiB of int64)
+_FLOAT_EXACT = 2**24  # integers below this are exact in float32
+GATHER_CACHE = 256  # gathered weight tables a gated conv keeps, one per channel mask seen
 
 
 _TEXT_FIELDS = ("variant", "scale")
@@ -134,6 +139,41 @@ class _Conv:
         self.output = spec["output"]
         if self.output not in ("theta", "real"):
             raise ValueError(f"conv {name!r}: output units {self.output!r}")
+        self.gate: tuple[np.ndarray, np.ndarray] | None = None  # a gated conv's int64 codes: weight [Cout, Cin], bias
+        if f"{name}.gate.weight" in tensors:
+            self.gate = (tensors[f"{name}.gate.weight"].astype(np.int64), tensors[f"{name}.gate.bias"].astype(np.int64))
+        self._gathered: dict[bytes, tuple[np.ndarray, ...]] = {}
+
+    def keep(self, counts: np.ndarray, positions: int) -> np.ndarray:
+        """The gate's decision: bool ``[B, Cout]`` from the window's input counts ``[B, Cin]`` int64 over ``positions``
+        (T·H·W) — channel ``o`` kept iff ``Σ_i counts_i · w[o, i] + b[o] · positions > 0`` (as the torch runtime)."""
+        weight, bias = self.gate
+        return counts @ weight.T + bias * positions > 0
+
+    def gathered(self, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+        """For the kept output channels (bool ``[Cout]``): the scatter and GEMM tables of those ``K`` channels only
+        (lanes padded, always one zero lane past them), each output lane's source lane in that compact layout (``K``,
+        the zero lane, for the dropped and padding channels) and the fixed-point map with the dropped channels' ``M``
+        and ``R`` zeroed (their current: exactly 0). Cached by mask (masks recur from window to window; filled
+        idempotently, so concurrent calls are safe)."""
+        key = keep.tobytes()
+        cached = self._gathered.get(key)
+        if cached is None:
+            channels = np.flatnonzero(keep)
+            k = len(channels)
+            lanes = _round_up(k + 1, LANES)
+            scatter = np.zeros((*self.scatter.shape[:3], lanes), dtype=np.float32)
+            scatter[..., :k] = self.scatter[..., channels]
+            dense = np.zeros((self.dense.shape[0], lanes), dtype=np.float32)
+            dense[:, :k] = self.dense[:, channels]
+            source = np.full(self.lanes, k, dtype=np.intp)
+            source[channels] = np.arange(k)
+            mult, bias, shift = self.map
+            cached = (scatter, dense, source, mult * keep, bias * keep, shift)
+            if len(self._gathered) >= GATHER_CACHE:
+                self._gathered.clear()
+            self._gathered[key] = cached
+        return cached
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return ((height + 2 * self.padding - self.kernel) // self.stride + 1,
@@ -183,7 +223,7 @@ class NumpyRuntime:
             self.config = SpqConfig.from_dict(meta["detector"])
             graph = Graph.from_description(meta["graph"])
             self.convs = {n.name: _Conv(n.attrs, tensors, n.name, n.inputs[0] == graph.nodes[0].name)
-                          for n in graph.of_kind("conv")}
+                          for n in graph.of_kind(*CONV_KINDS)}
             self.lifs = {n.name: _LIF(n.attrs, tensors, n.name, meta["frac_bits"]) for n in graph.of_kind("lif")}
             (detect,) = graph.of_kind("detect")
             self.head = NumpyDetect(tensors, detect.attrs["head_weights"], detect.attrs["strides"],
@@ -262,6 +302,23 @@ class NumpyRuntime:
         return non_max_suppression(y, conf_thres, iou_thres, max_det), state
 
 
+def _channel_counts(x: np.ndarray, first: bool) -> np.ndarray:
+    """A window's input summed per stream and channel, int64 ``[B, C]``: of the histogram ``[T, B, C, H, W]``
+    (``first``) or of channel-last 0/1 spikes ``[T, B, H, W, A]``. A float32 matrix-vector product (several times
+    faster than numpy's integer reduction over these axes) where it is exact — every partial sum an integer below
+    2^24 — else the integer sum."""
+    b = x.shape[1]
+    if first:
+        frames = x.transpose(1, 2, 0, 3, 4).reshape(b, x.shape[2], -1)  # [B, C, T·H·W]
+        if frames.shape[-1] * int(np.iinfo(x.dtype).max) >= _FLOAT_EXACT:
+            return frames.sum(-1, dtype=np.int64)
+        return np.rint(frames.astype(np.float32) @ np.ones(frames.shape[-1], dtype=np.float32)).astype(np.int64)
+    frames = x.transpose(1, 0, 2, 3, 4).reshape(b, -1, x.shape[-1])  # [B, T·H·W, A]
+    if frames.shape[1] >= _FLOAT_EXACT:
+        return frames.sum(1, dtype=np.int64)
+    return np.rint(np.ones(frames.shape[1], dtype=np.float32) @ frames.astype(np.float32)).astype(np.int64)
+
+
 def batch_major(value: np.ndarray, channels: int) -> np.ndarray:
     """A node's output in the torch runtime's layout, as a read-only view (no copy): channel-last ``[T, B, h, w,
     padded]`` → ``[T, B, channels, h, w]``, rates ``[C, B, h, w]`` → ``[B, C, h, w]``; the head's ``[B, 4 + nc, A]`` as
@@ -313,7 +370,7 @@ class NumpyOps:
         self.owned = {n.name for n in graph.nodes[1:] if len(graph.readers(n.name)) == 1}
         self.channels: dict[str, int] = {}
         for n in graph.nodes:
-            if n.kind == "conv":
+            if n.kind in CONV_KINDS:
                 self.channels[n.name] = self.convs[n.name].out_channels
             elif n.kind == "lif":
                 self.channels[n.name] = self.lifs[n.name].channels
@@ -326,7 +383,13 @@ class NumpyOps:
             lif = self.lifs[n.name]
             lanes = _round_up(lif.channels, LANES)
             pixels = max(1, LIF_BLOCK // lanes)
-            source = lif.map if lif.map is not None else self.convs[n.inputs[0]].map
+            if lif.map is not None:
+                source = lif.map
+            elif n.attrs["input"] == "gated":  # θ-unit currents from a gated conv: the identity map
+                zeros = np.zeros(lif.channels, dtype=np.int64)
+                source = (zeros + 1, zeros, zeros)
+            else:
+                source = self.convs[n.inputs[0]].map
             self.lif_maps[n.name] = tuple(np.tile(np.pad(v, (0, lanes - len(v))), pixels) for v in source)
 
     def conv(self, node: Node, x: np.ndarray) -> np.ndarray:
@@ -338,36 +401,69 @@ class NumpyOps:
         map_cl_kernel(acc.reshape(-1, conv.lanes), *conv.map, out.reshape(-1, conv.lanes))
         return out
 
-    def _spikes(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
-        """Accumulators ``[T, B, h, w, A]`` float32 of channel-last 0/1 spikes ``x [T, B, H, W, A_in]`` uint8."""
+    def gated_conv(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """Per stream, only the output channels its gate keeps (gathered weight tables), mapped to θ-unit int64
+        currents ``[T, B, h, w, A]``; the dropped channels' currents (and the padding) are exact zeros."""
+        conv = self.convs[node.name]
+        first = node.inputs[0] == self.events
+        t, b = x.shape[:2]
+        size = x.shape[3:] if first else x.shape[2:4]
+        keep = conv.keep(_channel_counts(x, first)[:, :conv.gate[0].shape[1]], t * size[0] * size[1])  # [B, Cout]
+        h, w = conv.output_size(*size)
+        out = np.zeros((t, b, h, w, conv.lanes), dtype=np.int64)
+        for i in range(b):
+            if not keep[i].any():
+                continue
+            scatter, dense, source, *maps = conv.gathered(keep[i])
+            stream = np.ascontiguousarray(x[:, i:i + 1])
+            acc = self._first(conv, stream, scatter, dense) if first else self._spikes(conv, stream, scatter, dense)
+            # the K computed lanes back to their channels (the dropped ones read the zero lane), then the map
+            spread = np.take(acc.reshape(-1, acc.shape[-1]), source, axis=1)  # [T·h·w, A] float32
+            target = out[:, 0] if b == 1 else np.empty((t, h, w, conv.lanes), dtype=np.int64)
+            map_cl_kernel(spread, *maps, target.reshape(-1, conv.lanes))
+            if b > 1:
+                out[:, i] = target
+        return out
+
+    def _spikes(self, conv: _Conv, x: np.ndarray, scatter: np.ndarray | None = None,
+                dense: np.ndarray | None = None) -> np.ndarray:
+        """Accumulators ``[T, B, h, w, A]`` float32 of channel-last 0/1 spikes ``x [T, B, H, W, A_in]`` uint8 (with the
+        conv's tables, or gathered ones: ``scatter``, ``dense``)."""
+        scatter = conv.scatter if scatter is None else scatter
+        dense = conv.dense if dense is None else dense
+        lanes = dense.shape[1]
         t, b, height, width, padded = x.shape
         h, w = conv.output_size(height, width)
         frames = x.reshape(t * b, height, width, padded)
         if conv.kernel == 1 and conv.padding == 0:  # a 1×1 conv is a matmul over the (strided) pixels
-            acc = np.asarray(frames[:, ::conv.stride, ::conv.stride], dtype=np.float32).reshape(-1, padded) @ conv.dense
+            acc = np.asarray(frames[:, ::conv.stride, ::conv.stride], dtype=np.float32).reshape(-1, padded) @ dense
         elif np.count_nonzero(x) <= self.sparse_spikes / conv.stride * x.size:  # few: each spike adds its weights
-            acc = np.zeros((t * b, h, w, conv.lanes), dtype=np.float32)
-            conv_spikes_kernel(frames, conv.scatter, conv.stride, conv.padding, acc)
+            acc = np.zeros((t * b, h, w, lanes), dtype=np.float32)
+            conv_spikes_kernel(frames, scatter, conv.stride, conv.padding, acc)
         else:
             cols = np.empty((t * b * h * w, conv.kernel**2 * padded), dtype=np.float32)
             im2col_cl_kernel(frames, conv.kernel, conv.stride, conv.padding, cols)
-            acc = cols @ conv.dense
-        return acc.reshape(t, b, h, w, conv.lanes)
+            acc = cols @ dense
+        return acc.reshape(t, b, h, w, lanes)
 
-    def _first(self, conv: _Conv, x: np.ndarray) -> np.ndarray:
+    def _first(self, conv: _Conv, x: np.ndarray, scatter: np.ndarray | None = None,
+               dense: np.ndarray | None = None) -> np.ndarray:
         """The first conv over the histogram ``x [T, B, 2, H, W]`` uint8: event-driven when sparse, else a GEMM."""
+        scatter = conv.scatter if scatter is None else scatter
+        dense = conv.dense if dense is None else dense
+        lanes = dense.shape[1]
         t, b, cin, height, width = x.shape
         h, w = conv.output_size(height, width)
         frames = x.reshape(t * b, cin, height, width)
         if np.count_nonzero(x) <= SPARSE_INPUT * x.size and x.size % 8 == 0:  # the scan reads uint64 words
-            acc = np.zeros((t * b, h, w, conv.lanes), dtype=np.float32)
-            conv_counts_kernel(frames, conv.scatter, conv.stride, conv.padding, acc)
+            acc = np.zeros((t * b, h, w, lanes), dtype=np.float32)
+            conv_counts_kernel(frames, scatter, conv.stride, conv.padding, acc)
         else:
             cols = np.empty((t * b * h * w, conv.kernel**2 * cin), dtype=np.float32)
             # [T·B, H, W, 2]: a channel-last view of the input, read in place
             im2col_cl_kernel(frames.transpose(0, 2, 3, 1), conv.kernel, conv.stride, conv.padding, cols)
-            acc = cols @ conv.dense
-        return acc.reshape(t, b, h, w, conv.lanes)
+            acc = cols @ dense
+        return acc.reshape(t, b, h, w, lanes)
 
     def lif(self, node: Node, x: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lif = self.lifs[node.name]

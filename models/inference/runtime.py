@@ -23,7 +23,9 @@ event-driven (work ∝ events) when the histogram is sparse, the FPN's upsample-
 fused (:class:`~models.inference.fused_head.FusedDetect`: BN folded, branches merged, anchors cached; derived at
 load, not stored), which agrees with the Detect head to float32 rounding. ``"reference"`` (:class:`ReferenceOps`)
 computes the same integers with PyTorch ops and runs the Detect head itself: the bit-exact reference the tests
-compare against, and what the ONNX export traces. In both, 1×1 convs run as matmuls. An integer head runs fused
+compare against, and what the ONNX export traces. In both, 1×1 convs run as matmuls, and a gated conv
+(:mod:`models.networks.gates`) decides per window and stream in int64 which output channels to keep, then computes
+only those (gathered weights); the dropped channels' currents are exact zeros. An integer head runs fused
 (branches merged, compiled requantization) on the kernels backend and layer by layer with PyTorch ops on the
 reference one: the same integers, so the same outputs.
 
@@ -51,7 +53,7 @@ from models.inference.kernels import lif_kernel, map_kernel, scatter_bytes_kerne
 from models.inference.numpy_detect import integer_levels, is_integer_head
 from models.inference.spq import ExportFormatError, conv_codes, head_weight, read_spq, stored_nbytes
 from models.networks.detector import DetectorConfig, SpikingYOLO
-from models.networks.graph import Graph, ModuleOps, Node
+from models.networks.graph import CONV_KINDS, Graph, ModuleOps, Node
 from models.networks.head import detect_head
 from models.networks.quant import FULL_PRECISION_BITS, QuantConfig
 from models.networks.ultralytics_parts import Detect
@@ -70,14 +72,25 @@ class FixedPointMap(nn.Module):
 
     def __init__(self, tensors: dict[str, np.ndarray], name: str) -> None:
         super().__init__()
-        self.register_buffer("multiplier", _channel(tensors[f"{name}.multiplier"]))
-        self.register_buffer("bias", _channel(tensors[f"{name}.bias"]))
-        self.register_buffer("shift", _channel(tensors[f"{name}.shift"]))
+        prefix = f"{name}." if name else ""
+        self.register_buffer("multiplier", _channel(tensors[f"{prefix}multiplier"]))
+        self.register_buffer("bias", _channel(tensors[f"{prefix}bias"]))
+        self.register_buffer("shift", _channel(tensors[f"{prefix}shift"]))
         self.register_buffer("divisor", torch.ones_like(self.shift) << self.shift)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, channels: Tensor | None = None) -> Tensor:
+        """The map of ``x [..., C, h, w]``, or of ``x [..., K, h, w]`` holding the ``channels`` (indices ``[K]``)."""
+        m, r, d = self.multiplier, self.bias, self.divisor
+        if channels is not None:
+            m, r, d = m[channels], r[channels], d[channels]
         # ``>> s`` as a floor division by 2^s: the same integers, and ONNX has no arithmetic shift of signed ints
-        return torch.div(x.to(torch.int64) * self.multiplier + self.bias, self.divisor, rounding_mode="floor")
+        return torch.div(x.to(torch.int64) * m + r, d, rounding_mode="floor")
+
+    @classmethod
+    def identity(cls, channels: int) -> FixedPointMap:
+        """The map ``(x·1 + 0) >> 0`` of ``channels`` channels (for currents already in the reader's units)."""
+        zeros = np.zeros(channels, dtype=np.int64)
+        return cls({"multiplier": zeros + 1, "bias": zeros, "shift": zeros}, "")
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(M, R, s)`` as int64 ``[C]`` arrays for the compiled kernels."""
@@ -89,7 +102,8 @@ class IntConv(nn.Module):
 
     The accumulators are float32 holding exact integers (integer codes times integer inputs, every partial sum below
     2^24: PyTorch has no integer CPU conv, and this is bit-identical to int32 accumulation). ``map`` turns them into
-    ``Q(F)`` currents: real units, or θ units of the one LIF that reads them.
+    ``Q(F)`` currents: real units, or θ units of the one LIF that reads them. A gated conv also holds its gate's
+    integer codes (:meth:`keep`).
     """
 
     def __init__(self, spec: dict[str, Any], tensors: dict[str, np.ndarray], name: str) -> None:
@@ -100,8 +114,12 @@ class IntConv(nn.Module):
         self.map = FixedPointMap(tensors, name)
         self.stride, self.padding = tuple(spec["stride"]), tuple(spec["padding"])
         self.square = shape[2] == shape[3] and len(set(self.stride)) == 1 and len(set(self.padding)) == 1
-        # [Cout, Cin] for an unpadded 1×1 conv (run as a matmul), else None
-        self.pointwise = self.weight.flatten(1) if shape[2:] == (1, 1) and self.padding == (0, 0) else None
+        # an unpadded 1×1 conv runs as a matmul
+        self.is_pointwise = shape[2:] == (1, 1) and self.padding == (0, 0)
+        self.gated = f"{name}.gate.weight" in tensors
+        if self.gated:
+            self.register_buffer("gate_weight", torch.from_numpy(tensors[f"{name}.gate.weight"].astype(np.int64)))
+            self.register_buffer("gate_bias", torch.from_numpy(tensors[f"{name}.gate.bias"].astype(np.int64)))
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the output for an input of ``height`` × ``width``."""
@@ -109,24 +127,34 @@ class IntConv(nn.Module):
         return tuple((n + 2 * p - kk) // s + 1 for n, p, kk, s in zip((height, width), self.padding, k, self.stride,
                                                                         strict=True))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.pointwise is not None:
+    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Accumulators of ``x [N, Cin, H, W]`` with the conv's codes, or with ``weight`` (some output channels')."""
+        weight = self.weight if weight is None else weight
+        if self.is_pointwise:
             # 1×1: a matmul [Cout, Cin] @ [N, Cin, h·w] skips mkldnn's per-call layout reorders (same integers)
             x = x[..., ::self.stride[0], ::self.stride[1]]
-            return torch.matmul(self.pointwise, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
-        return nn.functional.conv2d(x, self.weight, None, self.stride, self.padding)
+            return torch.matmul(weight.flatten(1), x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
+        return nn.functional.conv2d(x, weight, None, self.stride, self.padding)
 
-    def sparse(self, x: Tensor) -> Tensor:
+    def sparse(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         """:meth:`forward` event-driven (work ∝ non-zero inputs); for square kernels, equal strides and padding."""
+        weight = self.weight if weight is None else weight.contiguous()
         h, w = self.output_size(*x.shape[-2:])
-        out = torch.zeros((x.shape[0], self.weight.shape[0], h, w), dtype=torch.float32)
+        out = torch.zeros((x.shape[0], weight.shape[0], h, w), dtype=torch.float32)
         x = x.contiguous()
         if x.dtype == torch.uint8 and x.numel() % 8 == 0:  # event counts: skip 8 zero counts per test
-            scatter_bytes_kernel(x.numpy(), self.weight.numpy(), self.stride[0], self.padding[0], out.numpy())
+            scatter_bytes_kernel(x.numpy(), weight.numpy(), self.stride[0], self.padding[0], out.numpy())
         else:
-            scatter_conv_kernel(x.to(torch.float32).numpy(), self.weight.numpy(), self.stride[0], self.padding[0],
+            scatter_conv_kernel(x.to(torch.float32).numpy(), weight.numpy(), self.stride[0], self.padding[0],
                                  out.numpy())
         return out
+
+    def keep(self, x: Tensor) -> Tensor:
+        """A gated conv's decision for the window ``x [T, B, Cin, H, W]``: bool ``[B, Cout]``, channel ``o`` kept iff
+        ``Σ_i count_i · w[o, i] + b[o] · T·H·W > 0`` in int64 (:mod:`models.networks.gates`)."""
+        counts = x.to(torch.int64).sum((0, 3, 4))  # [B, Cin]: spikes or events over the window
+        positions = x.shape[0] * x.shape[-2] * x.shape[-1]
+        return counts @ self.gate_weight.T + self.gate_bias * positions > 0
 
 
 class IntLIF(nn.Module):
@@ -141,6 +169,8 @@ class IntLIF(nn.Module):
         super().__init__()
         self.channels = spec["channels"]
         self.map = FixedPointMap(tensors, name) if spec["input"] == "stream" else None
+        if spec["input"] == "gated":  # a gated conv hands over θ-unit currents: the identity map
+            self.map = FixedPointMap.identity(self.channels)
         self.one = 1 << frac_bits  # the threshold, in θ units
         self.leak_shift = spec["leak_shift"]
         self.step_shift = spec["step_shift"]
@@ -233,15 +263,16 @@ class Runtime(nn.Module):
         try:
             self.config = DetectorConfig.from_dict(meta["detector"])
             graph = Graph.from_description(meta["graph"])
-            for node in graph.of_kind("conv"):
+            convs = graph.of_kind(*CONV_KINDS)
+            for node in convs:
                 if node.attrs["output"] not in ("theta", "real"):
                     raise ValueError(f"conv {node.name!r}: output units {node.attrs['output']!r}")
-            self.convs = nn.ModuleDict({_key(n.name): IntConv(n.attrs, tensors, n.name) for n in graph.of_kind("conv")})
+            self.convs = nn.ModuleDict({_key(n.name): IntConv(n.attrs, tensors, n.name) for n in convs})
             self.lifs = nn.ModuleDict({_key(n.name): IntLIF(n.attrs, tensors, n.name, meta["frac_bits"])
                                        for n in graph.of_kind("lif")})
             (detect,) = graph.of_kind("detect")
             self.head, self.fused_head = _heads(self.config, detect, tensors)
-            layers = {**{n.name: self.convs[_key(n.name)] for n in graph.of_kind("conv")},
+            layers = {**{n.name: self.convs[_key(n.name)] for n in convs},
                       **{n.name: self.lifs[_key(n.name)] for n in graph.of_kind("lif")}, detect.name: self.head}
             self.graph = graph.bind(layers)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -295,8 +326,30 @@ class ReferenceOps:
 
     def conv(self, node: Node, x: Tensor) -> Tensor:
         conv = self.convs[_key(node.name)]
-        acc = conv(x.flatten(0, 1).to(torch.float32))  # counts ≤ cutoff and spikes: exact in float32
+        acc = self._accumulate(node, conv, x.flatten(0, 1))
         return self._output(node, conv, acc).unflatten(0, x.shape[:2])  # [T, B, C', h, w]
+
+    def gated_conv(self, node: Node, x: Tensor) -> Tensor:
+        """Per stream, only the output channels its gate keeps: their weights gathered, their accumulators mapped to
+        θ-unit int64 currents; the dropped channels' currents are exact zeros. ``[T, B, C', h, w]`` int64."""
+        if torch.jit.is_tracing():  # a trace would freeze one window's masks into the graph
+            raise ExportFormatError(f"{node.name}: a gated conv decides per window; it cannot be traced (ONNX)")
+        conv = self.convs[_key(node.name)]
+        keep = conv.keep(x)  # [B, C'] bool
+        h, w = conv.output_size(*x.shape[-2:])
+        out = torch.zeros((x.shape[0], x.shape[1], conv.weight.shape[0], h, w), dtype=torch.int64)
+        for b in range(x.shape[1]):
+            kept = torch.nonzero(keep[b]).flatten()  # [K]
+            if len(kept):
+                acc = self._accumulate(node, conv, x[:, b], conv.weight[kept])  # [T, K, h, w]
+                out[:, b, kept] = self._map(conv, acc, kept)
+        return out
+
+    def _accumulate(self, node: Node, conv: IntConv, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        return conv(x.to(torch.float32), weight)  # counts ≤ cutoff and spikes: exact in float32
+
+    def _map(self, conv: IntConv, acc: Tensor, channels: Tensor) -> Tensor:
+        return conv.map(acc, channels)
 
     def _output(self, node: Node, conv: IntConv, acc: Tensor) -> Tensor:
         return acc if node.attrs["output"] == "theta" else conv.map(acc)
@@ -334,14 +387,16 @@ class KernelOps(ReferenceOps):
         self.fused_head = runtime.fused_head
         self.events = runtime.graph.nodes[0].name  # the input node: the event histogram
 
-    def conv(self, node: Node, x: Tensor) -> Tensor:
-        conv = self.convs[_key(node.name)]
-        flat = x.flatten(0, 1)
-        if node.inputs[0] == self.events and conv.square and _nonzero(flat) <= SPARSE_INPUT * flat.numel():
-            acc = conv.sparse(flat)  # the same integers for far less work
-        else:
-            acc = conv(flat.to(torch.float32))
-        return self._output(node, conv, acc).unflatten(0, x.shape[:2])
+    def _accumulate(self, node: Node, conv: IntConv, x: Tensor, weight: Tensor | None = None) -> Tensor:
+        if node.inputs[0] == self.events and conv.square and _nonzero(x) <= SPARSE_INPUT * x.numel():
+            return conv.sparse(x, weight)  # the same integers for far less work
+        return conv(x.to(torch.float32), weight)
+
+    def _map(self, conv: IntConv, acc: Tensor, channels: Tensor) -> Tensor:
+        out = torch.empty(acc.shape, dtype=torch.int64)
+        mult, bias, shift = (np.ascontiguousarray(v[channels.numpy()]) for v in conv.map.arrays())
+        map_kernel(acc.flatten(2).numpy(), mult, bias, shift, out.flatten(2).numpy())
+        return out
 
     def _output(self, node: Node, conv: IntConv, acc: Tensor) -> Tensor:
         if node.attrs["output"] == "theta":

@@ -22,7 +22,10 @@ Conv weights are stored packed at their bit width (two's complement, little-endi
 
 Versions: 4 = compact constants (narrowest integer dtypes) and header (one tensor per dtype, compressed metadata),
 and the export's integer Detect head; 3 = the layer graph with per-node attributes; 2 = a packed fake-quantized head;
-1 = a float32 head. The reader takes its own version only and refuses any other with a hint (re-export an older
+1 = a float32 head. A version-4 file may also hold ``gated_conv`` nodes (channel gates, added without a version bump:
+files without them are unchanged, and a reader that predates the kind refuses such a file as an unknown node kind);
+their gate codes are the tensors ``<node>.gate.weight`` (int8 ``[Cout, Cin]``) and ``<node>.gate.bias`` (``[Cout]``).
+The reader takes its own version only and refuses any other with a hint (re-export an older
 file from its checkpoint; a newer one needs a newer spquant).
 
 numpy only: the torch-free runtime (:mod:`models.inference.numpy_runtime`) and the serving path read models with it.

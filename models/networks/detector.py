@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from models.networks.blocks import ConvBN, MSResidualBlock, SpikingConvBlock
 from models.networks.frozen_config import FrozenConfig, check, sensor_size
+from models.networks.gates import attach_gates
 from models.networks.graph import Graph, GraphError, ModuleOps, Node
 from models.networks.head import detect_head
 from models.networks.neuron import IntegerLIF, NeuronConfig
@@ -41,7 +42,9 @@ class DetectorConfig(FrozenConfig):
 or ``sawb``; ternary weights use TWN's rule either way). ``channels`` narrows channel groups (a pruned model:
     ``{group: width}``; empty = the scale's YAML widths, see :func:`default_widths`). ``sensor_width`` ×
     ``sensor_height`` is the camera the model was trained for (what callers assume when a recording or request names
-    no sensor size; 0 = the input size, as in checkpoints written before the field existed).
+    no sensor size; 0 = the input size, as in checkpoints written before the field existed). ``channel_gates`` gives
+    every conv read by one LIF alone a per-window channel gate (:mod:`models.networks.gates`; off in checkpoints
+    written before the field existed).
     """
 
     variant: str = "spquant"
@@ -63,6 +66,7 @@ or ``sawb``; ternary weights use TWN's rule either way). ``channels`` narrows ch
     channels: tuple[tuple[str, int], ...] = ()
     sensor_width: int = 0
     sensor_height: int = 0
+    channel_gates: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -78,6 +82,7 @@ or ``sawb``; ternary weights use TWN's rule either way). ``channels`` narrows ch
                   f"{name} must be an int in 0..16384 (0 = the input size), got {value!r}")
         check((self.sensor_width == 0) == (self.sensor_height == 0),
               f"give both sensor_width and sensor_height, or neither; got {self.sensor_width}x{self.sensor_height}")
+        check(isinstance(self.channel_gates, bool), f"channel_gates must be true or false, got {self.channel_gates!r}")
         check(self.head_bits == FULL_PRECISION_BITS or self.quantized,
               f"the baseline variant keeps a full-precision head, got head_bits={self.head_bits}")
         QuantConfig(weight_bits=self.head_bits, scale_rule=self.weight_quantizer)  # raises ValueError on bad values
@@ -97,8 +102,12 @@ or ``sawb``; ternary weights use TWN's rule either way). ``channels`` narrows ch
                   f"channels[{name!r}] must be an int in 1..{defaults[name]}, got {width!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict of every field; ``channels`` as a ``{group: width}`` dict."""
-        return {**super().to_dict(), "channels": dict(self.channels)}
+        """A plain dict of every field; ``channels`` as a ``{group: width}`` dict; ``channel_gates`` only when set (so a
+        model without gates writes the same checkpoint and ``.spq`` header as before the field existed)."""
+        data = {**super().to_dict(), "channels": dict(self.channels)}
+        if not self.channel_gates:
+            del data["channel_gates"]
+        return data
 
     def widths(self) -> dict[str, int]:
         """The width of every channel group: the scale's YAML widths, overridden by ``channels`` (pruned models)."""
@@ -269,9 +278,10 @@ class SpikingYOLO(nn.Module):
         backbone, features = self.backbone.nodes("backbone.", "x")
         neck, levels = self.neck.nodes("neck.", features)
         rates = [Node(f"neck.rate.{i}", "rate", (level,)) for i, level in enumerate(levels)]
-        self.graph = Graph([Node("x", "input"), *backbone, *neck, *rates,
-                            Node("head", "detect", tuple(r.name for r in rates), attrs={"strides": list(STRIDES)},
-                                 module=self.head)])
+        graph = Graph([Node("x", "input"), *backbone, *neck, *rates,
+                       Node("head", "detect", tuple(r.name for r in rates), attrs={"strides": list(STRIDES)},
+                            module=self.head)])
+        self.graph = attach_gates(graph) if config.channel_gates else graph
 
     def forward(self, x: Tensor, state: dict[str, Any] | None = None,
                 observe: Callable[[Node, Any], None] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -312,3 +322,15 @@ def requantized(model: SpikingYOLO, **changes: Any) -> SpikingYOLO:
     check(not unexpected and all(key.endswith(".act.scale") for key in missing),
           f"cannot requantize: unexpected keys {unexpected[:3]}, missing keys {missing[:3]}")
     return converted.train(model.training)
+
+
+def with_channel_gates(model: SpikingYOLO) -> SpikingYOLO:
+    """``model`` with a fresh channel gate on every gateable conv (each keeps every channel until trained): the start
+    of a gate fine-tune from a trained checkpoint. Unchanged when it has gates already."""
+    if model.config.channel_gates:
+        return model
+    gated = build_detector(dataclasses.replace(model.config, channel_gates=True))
+    missing, unexpected = gated.load_state_dict(model.state_dict(), strict=False)
+    check(not unexpected and all(".gate." in key for key in missing),
+          f"cannot add channel gates: unexpected keys {unexpected[:3]}, missing keys {missing[:3]}")
+    return gated.train(model.training)

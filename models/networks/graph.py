@@ -11,6 +11,9 @@ Kinds (shapes for a window of ``T`` bins and ``B`` streams):
 ========================  ===================================================================================
 ``input``                 the window's histogram ``[T, B, 2, H, W]``
 ``conv``                  conv + BN on every time step → current ``[T, B, C, h, w]`` (``module``: a ConvBN)
+``gated_conv``            a ``conv`` whose output channels a predictor over its input switches off per window and
+                          stream (a dropped channel's current is exactly 0); only on a current one LIF alone reads
+                          (``module``: a ConvBN with a ``gate``, see :mod:`models.networks.gates`)
 ``lif``                   integer LIF, stateful → spikes ``[T, B, C, h, w]``; its state is keyed by the node name
 ``add``                   sum of same-shaped currents (a residual join)
 ``upsample_add``          a current plus the nearest-upsampled coarser current (FPN top-down)
@@ -33,10 +36,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # torch only for hints and ModuleOps: the torch-free runtime reads graphs without it
     from torch import Tensor, nn
 
-KINDS = ("input", "conv", "lif", "add", "upsample_add", "rate", "detect")
+KINDS = ("input", "conv", "gated_conv", "lif", "add", "upsample_add", "rate", "detect")
 STATEFUL = frozenset({"lif"})
-_ARITY = {"input": (0, 0), "conv": (1, 1), "lif": (1, 1), "add": (2, None), "upsample_add": (2, 2),
-          "rate": (1, 1), "detect": (1, None)}
+_ARITY = {"input": (0, 0), "conv": (1, 1), "gated_conv": (1, 1), "lif": (1, 1), "add": (2, None),
+          "upsample_add": (2, 2), "rate": (1, 1), "detect": (1, None)}
+CONV_KINDS = ("conv", "gated_conv")  # nodes with a conv's geometry (conv_spec)
 # Kinds whose output keeps the channel group of their (first) input: per-channel maps and joins.
 _GROUP_FROM_INPUT = frozenset({"lif", "add", "upsample_add", "rate"})
 
@@ -66,6 +70,8 @@ class Backend(Protocol):
     """One method per node kind (``input`` excepted); see the module docstring."""
 
     def conv(self, node: Node, x: Any) -> Any: ...
+
+    def gated_conv(self, node: Node, x: Any) -> Any: ...
 
     def lif(self, node: Node, x: Any, state: Any) -> tuple[Any, Any]: ...
 
@@ -221,7 +227,7 @@ class Graph:
         for node in self.nodes:
             if node.kind == "input":
                 shapes[node.name] = (2, height, width)
-            elif node.kind == "conv":
+            elif node.kind in CONV_KINDS:
                 spec = conv_spec(node)
                 _, h, w = shapes[node.inputs[0]]
                 size = [(n + 2 * p - k) // s + 1 for n, p, k, s in
@@ -251,6 +257,13 @@ class ModuleOps:
 
     def conv(self, node: Node, x: Tensor) -> Tensor:
         return node.module(x)
+
+    def gated_conv(self, node: Node, x: Tensor) -> Tensor:
+        conv_bn = node.module
+        current = conv_bn(x)  # [T, B, C, h, w]
+        keep, logits = conv_bn.gate(x)  # [B, C]: hard 0/1 forward, straight-through gradient
+        conv_bn.gate.record(keep, logits, current)
+        return current * keep.to(current.dtype)[None, :, :, None, None]
 
     def lif(self, node: Node, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         return node.module(x, state)

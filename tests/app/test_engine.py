@@ -162,6 +162,26 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
     assert 0 <= share < 1
 
 
+def test_init_with_channel_gates_adds_and_trains_them(trained, tiny_dataset, tmp_path, capsys):
+    """Masks on a trained model: gates added by init=, trained with their loss and the activity penalty, recorded in
+    the checkpoint, and measured by the report."""
+    args = ["train", f"data={tiny_dataset}", f"init={trained / 'weights' / 'best.pt'}", "epochs=1",
+            "channel_gates=true", "mask_budget=0.5", "activity_gain=0.1", f"project={tmp_path}", "name=gated",
+            "batch=2", "seq_len=2", "val_recordings=1", "threads=2"]
+    assert main([*args, "--quiet"]) == 0
+    header, row = (tmp_path / "gated" / "metrics.csv").read_text().strip().splitlines()
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert 0 < float(values["kept"]) <= 1 and 0 < float(values["rate"]) < 1
+    checkpoint = read_checkpoint(tmp_path / "gated" / "weights" / "last.pt")
+    assert checkpoint["detector"]["channel_gates"] and any(".gate." in k for k in checkpoint["model"])
+    capsys.readouterr()
+    assert main(["report", "--model", str(tmp_path / "gated" / "weights" / "last.pt"), "--windows", "5",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["gates"]) == 5 and all(0 <= share <= 1 for share in report["gates"].values())
+    assert report["flops_predictor"] > 0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -178,6 +198,9 @@ def test_a_teacher_changes_what_is_learned(trained, tiny_dataset, tmp_path):
         (["train", "weight_quantizer=lsq"], "weight_quantizer must be one of"),
         (["train", "data=/tmp", "head_act_bits=8"], "needs quantized head weights"),
         (["train", "data=/nonexistent"], "does not exist"),
+        (["train", "mask_mass=0"], "mask_mass must lie in (0, 1]"),
+        (["train", "mask_budget=1.5"], "mask_budget must lie in [0, 1]"),
+        (["train", "activity_gain=-1"], "activity_gain must be >= 0"),
         (["eval", "--model", "/nonexistent.pt", "--data", "/x"], "no such"),
         (["predict", "/nonexistent.dat", "--out", "/tmp/x.npy"], "No such file"),
     ],

@@ -209,3 +209,19 @@ def test_one_shot_prune_without_fine_tuning(tiny_run, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["run_dir"] is None and "metrics" not in summary and summary["removed_channels"] > 0
     assert load_detector(out).config.widths() == summary["widths_after"]
+
+
+def test_prune_with_channel_gates_combines_static_and_dynamic_sparsity(tiny_run, capsys):
+    root, data = tiny_run
+    out = root / "gated.pt"
+    assert main(["prune", "--model", str(root / "t" / "weights" / "best.pt"), "--data", str(data),
+                 "--target-flops-reduction", "3", "--finetune-epochs", "1", "--calibration-windows", "10",
+                 "--channel-gates", "--mask-budget", "0.5", "--activity", "0.1", "--threads", "2",
+                 "--project", str(root), "--eval-split", "none", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    config = (Path(summary["run_dir"]) / "config.yaml").read_text()
+    assert "channel_gates: true" in config and "mask_budget: 0.5" in config and "activity_gain: 0.1" in config
+    model = load_detector(out)
+    assert model.config.pruned and model.config.channel_gates
+    for node in model.graph.of_kind("gated_conv"):
+        assert node.module.gate.weight.shape == (node.module.conv.out_channels, node.module.conv.in_channels)
