@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from app.evaluator import evaluate_split
 from data.gen1 import list_recordings
-from models.compress.accounting import dense_reference, model_report, static_counts
+from models.compress.accounting import active_positions, dense_reference, model_report, static_counts
 from models.inference.stream import run_recordings
 from models.networks.checkpoint import load_detector
 from models.networks.neuron import IntegerLIF
@@ -121,20 +121,6 @@ def method_of(row: Mapping[str, Any]) -> str:
         return f"FP32 baseline{pruned}"
     head = _bits(row["head_bits"]) + (" integer" if row.get("head_act_bits") else "")
     return f"quantized{pruned}: {_bits(row['weight_bits'])} weights, {head} head"
-
-
-def active_positions(x: torch.Tensor, conv: torch.nn.Conv2d, out_hw: tuple[int, int], tile: int) -> torch.Tensor:
-    """Output positions (``[N, H', W']``, 0/1) whose receptive field holds a non-zero input, widened to whole tiles.
-
-    The rule the accounting's FLOPs counter applies, computed here because the counter does not export it.
-    """
-    nonzero = x.ne(0).any(1, keepdim=True).float()  # [N, 1, H, W]
-    active = F.max_pool2d(nonzero, conv.kernel_size, conv.stride, conv.padding, conv.dilation)[..., : out_hw[0],
-                                                                                               : out_hw[1]]
-    if tile > 1:
-        tiles = F.max_pool2d(active, tile, tile, ceil_mode=True)  # [N, 1, ceil(H'/tile), ceil(W'/tile)]
-        active = tiles.repeat_interleave(tile, -2).repeat_interleave(tile, -1)[..., : out_hw[0], : out_hw[1]]
-    return active[:, 0]
 
 
 def gated_conv(x: torch.Tensor, conv: torch.nn.Conv2d, tile: int) -> torch.Tensor:

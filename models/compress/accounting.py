@@ -128,7 +128,7 @@ class LayerCount:
         return count * {"AC": e_ac, "MAC": e_mac, "none": 0.0}[op]
 
 
-def _active_positions(x: Tensor, conv: nn.Conv2d, out_hw: tuple[int, int], tile: int) -> Tensor:
+def active_positions(x: Tensor, conv: nn.Conv2d, out_hw: tuple[int, int], tile: int) -> Tensor:
     """Output positions (of ``[N, H', W']``) whose receptive field holds a non-zero input, widened to whole tiles."""
     nonzero = x.ne(0).any(1, keepdim=True).float()  # [N, 1, H, W]
     active = F.max_pool2d(nonzero, conv.kernel_size, conv.stride, conv.padding, conv.dilation)  # [N, 1, H', W']
@@ -190,7 +190,7 @@ class FlopsCounter:
             x = args[0]  # [N, C_in, H, W]: N = T·B in the spiking layers, B in the head
             kernel = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
             positions = out.shape[0] * out.shape[2] * out.shape[3]
-            active = _active_positions(x, conv, out.shape[2:], self.tile)
+            active = active_positions(x, conv, out.shape[2:], self.tile)
             count.positions += positions
             count.flops += positions * conv.out_channels * kernel
             count.effective += float(active.sum()) * conv.out_channels * kernel

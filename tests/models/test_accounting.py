@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from models.compress.accounting import (
     FlopsCounter,
-    _active_positions,
+    active_positions,
     dense_reference,
     deployed_sizes,
     memory,
@@ -58,7 +58,7 @@ def test_gating_marks_exactly_the_outputs_a_nonzero_input_reaches(tile):
     x[0, 1, 3, 4] = 1
     x[1, 3, 10, 12] = 2
     out = conv(x)
-    active = _active_positions(x, conv, out.shape[2:], tile)
+    active = active_positions(x, conv, out.shape[2:], tile)
     reach = F.conv2d(x.abs().sum(1, keepdim=True), torch.ones(1, 1, 3, 3), stride=2, padding=1)[:, 0] > 0
     assert active.shape == reach.shape
     assert bool((active[reach] == 1).all())  # no output that sees an input is skipped
