@@ -87,6 +87,7 @@ def measure(name: str, path: Path, data: Path, split: str, windows: int) -> dict
         "head_act_bits": cfg.head_act_bits,
         "membrane": "ternary" if cfg.quantized else "fp32",
         "pruned": cfg.pruned,
+        "channel_gates": cfg.channel_gates,
         "AP": metrics["AP"],
         "AP50": metrics["AP50"],
         "AP75": metrics["AP75"],
@@ -114,9 +115,9 @@ def method_of(row: Mapping[str, Any]) -> str:
     """The method a row's config describes: FP32 baseline or quantized (its weight and head bits), pruned or not.
 
     Reads only config fields a row records (``variant``, ``weight_bits``, ``head_bits``, ``head_act_bits``,
-    ``pruned``), so rows of JSONs written before ``method`` existed get one too.
+    ``pruned``, ``channel_gates``), so rows of JSONs written before ``method`` existed get one too.
     """
-    pruned = " + pruned" if row["pruned"] else ""
+    pruned = (" + pruned" if row["pruned"] else "") + (" + channel gates" if row.get("channel_gates") else "")
     if row["variant"] != "spquant":
         return f"FP32 baseline{pruned}"
     head = _bits(row["head_bits"]) + (" integer" if row.get("head_act_bits") else "")

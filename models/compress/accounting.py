@@ -52,6 +52,7 @@ from models.inference.export import export_model
 from models.inference.spq import ExportFormatError, header_nbytes
 from models.inference.stream import run_recordings
 from models.networks.detector import DetectorConfig, SpikingYOLO, build_detector
+from models.networks.gates import GATE_BITS, gates
 from models.networks.graph import CONV_KINDS, conv_spec
 from models.networks.neuron import IntegerLIF, MembraneHook
 from models.networks.quant import QuantConv2d
@@ -251,8 +252,10 @@ def dense_reference(config: DetectorConfig) -> SpikingYOLO:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters at their configured bits, packed (quantized conv weights), else FP32."""
+    """Bytes of the parameters at their configured bits, packed (quantized conv weights; channel gates at their
+    :data:`~models.networks.gates.GATE_BITS`, as exported), else FP32."""
     bits = {id(m.weight): m.quant.weight_bits for m in model.modules() if isinstance(m, QuantConv2d)}
+    bits.update({id(p): GATE_BITS for gate in gates(model) for p in (gate.weight, gate.bias)})
     return sum(math.ceil(p.numel() * bits.get(id(p), 32) / 8) for p in model.parameters())
 
 

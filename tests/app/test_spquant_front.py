@@ -75,6 +75,8 @@ def test_method_comes_from_the_config_fields() -> None:
     assert rows["quantized n"] == "quantized: 4-bit weights, FP32 head"
     assert rows["ternary n"] == "quantized: ternary weights, ternary integer head"
     assert rows["pruned n"] == "quantized + pruned: 4-bit weights, 4-bit head"
+    gated = {"variant": "spquant", "weight_bits": 4, "head_bits": 4, "pruned": True, "channel_gates": True}
+    assert table.method_of(gated) == "quantized + pruned + channel gates: 4-bit weights, 4-bit head"
 
 
 def test_operating_points_each_scale_against_its_baseline() -> None:
