@@ -5,8 +5,8 @@
 #   full        the default target (`.[train,serve]`, CPU torch) for linux/amd64, serving the checkpoint
 #               spquant-n.pt mounted at /models (SPQUANT_MODEL=/models/spquant-n.pt).
 #   edge-amd64  `--target edge` (`.[serve]`, no torch) for linux/amd64, serving its bundled spquant-n.spq.
-#   edge-arm64  the same for linux/arm64, run under qemu user emulation where the host is not arm64 (slow: numba
-#               compiles its kernels at start, minutes under qemu).
+#   edge-arm64  the same for linux/arm64, run under qemu user emulation where the host is not arm64 (slow: about a
+#               minute to start, Python compiling its imports under qemu, and minutes for the REST check).
 # Checks on every image: /healthz and the image's HEALTHCHECK; one REST detection (multipart upload of
 # data/samples/street_td.dat). Images native to the host (amd64 here) also: one WebSocket stream of the sample's DAT
 # records at the sensor's pace (one message per window, in order, the first pass equal to the REST answer); container
@@ -28,9 +28,10 @@
 #      docker/wheels/, TORCH_SOURCE=wheel), else from PyTorch's CPU index; every other dependency from PyPI.
 #   4. run it as docker/compose.yaml does (read-only root, tmpfs /tmp, all capabilities dropped, 2 CPUs, 2 GiB),
 #      with /models (read-only) and /recordings mounted, and check it.
-#   5. update benchmarks/results/docker_edge.json (per image tested: platform, sizes, build/healthy/REST seconds,
-#      boxes, stream latency, memory, the inference engine, arm64's equality with amd64, the date, git commit and
-#      container engine; images not tested keep their last figures) and print a summary.
+#   5. update benchmarks/results/docker_edge.json (per image tested: platform, sizes (image, compressed, base,
+#      venv), its numpy/numba/llvmlite versions, build/healthy/REST seconds, boxes, stream latency, memory, the
+#      inference engine, arm64's equality with amd64, the date, git commit and container engine; images not tested
+#      keep their last figures) and print a summary.
 #   6. clean up: containers, the test images and the wheels copied into docker/wheels/. Kept: the stand-in bases
 #      (SPQUANT_DOCKER_REMOVE_BASE=1 removes them too) and, with a real docker engine, its build cache.
 #
@@ -415,16 +416,26 @@ test_image() {
   "${CLI[@]}" run --rm "${RUN_EXTRA[@]}" "${platform_run[@]}" --entrypoint sh "$tag" -c \
     'id; uname -m; cuda=$(grep -iE "^(nvidia-|triton|cuda-)" /opt/venv/spquant-freeze.txt | grep -iv "^nvidia-ml-py=" | tr "\n" " ");
      echo "CUDA wheels in the image: ${cuda:-none}";
-     grep -iE "^(torch|torchvision|ultralytics-opencv-headless|opencv-python-headless|polars|numba|numpy|spquant)==" /opt/venv/spquant-freeze.txt | tr "\n" " "; echo;
+     grep -iE "^(torch|torchvision|ultralytics-opencv-headless|opencv-python-headless|polars|numba|llvmlite|numpy|spquant)==" /opt/venv/spquant-freeze.txt | tr "\n" " "; echo;
      command -v gcc cc pip || echo "no compiler, no pip on PATH"; du -sh /opt/venv' \
     || die "$target: cannot run a shell in the image"
+  # The venv's bytes and versions for the JSON (the image is the base plus, almost only, this venv).
+  local venv_bytes versions
+  venv_bytes=$("${CLI[@]}" run --rm "${RUN_EXTRA[@]}" "${platform_run[@]}" --entrypoint du "$tag" -sb /opt/venv | cut -f1)
+  versions=$("${CLI[@]}" run --rm "${RUN_EXTRA[@]}" "${platform_run[@]}" --entrypoint cat "$tag" \
+    /opt/venv/spquant-freeze.txt | "$PY" -c 'import json, sys
+pins = dict(line.strip().lower().split("==", 1) for line in sys.stdin if "==" in line)
+print(json.dumps({k: pins[k] for k in ("numpy", "numba", "llvmlite", "torch") if k in pins}))')
 
   local port url ready_s
   port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   url=http://127.0.0.1:$port
   log "$target: running $tag on 127.0.0.1:$port"
   CONTAINERS+=("$ctr")
+  # Time to healthy: from `run` to the first 200 of /healthz, polled every 0.2 s (plus a container check), to 0.1 s.
   t0=$SECONDS
+  local start_ns
+  start_ns=$(date +%s%N)
   "${CLI[@]}" run -d --name "$ctr" "${RUN_EXTRA[@]}" "${platform_run[@]}" "${HARDEN[@]}" -p "127.0.0.1:$port:8000" \
     -v "$WORK/models:/models:ro" -v "$WORK/recordings:/recordings" "${serve_env[@]}" "$tag" >/dev/null \
     || die "$target: container did not start"
@@ -433,9 +444,9 @@ test_image() {
       "${CLI[@]}" logs "$ctr" | tail -n 40; die "$target: container exited"
     fi
     if ((SECONDS - t0 > timeout)); then "${CLI[@]}" logs "$ctr" | tail -n 40; die "$target: not healthy within $timeout s"; fi
-    sleep 1
+    sleep 0.2
   done
-  ready_s=$((SECONDS - t0))
+  ready_s=$("$PY" -c "print(round(($(date +%s%N) - $start_ns) / 1e9, 1))")
   "$PY" -c "import urllib.request as r; print('GET /healthz', r.urlopen('$url/healthz', timeout=5).read().decode())"
   echo "healthy $ready_s s after start"
   if [ "$ENGINE" = podman ]; then
@@ -496,7 +507,8 @@ test_image() {
   "${CLI[@]}" rm -f "$ctr" >/dev/null 2>&1 || true
   cat >"$out/image.json" <<EOF
 {"target": "$stage", "platform": "linux/$arch", "emulated": $emulated, "size_bytes": $size,
- "compressed_bytes": $compressed, "base_bytes": $(base_bytes "$arch"), "build_s": $build_s, "healthy_s": $ready_s,
+ "compressed_bytes": $compressed, "base_bytes": $(base_bytes "$arch"), "venv_bytes": $(number "$venv_bytes"),
+ "versions": ${versions:-null}, "build_s": $build_s, "healthy_s": $ready_s,
  "memory_mib": {"idle": $mem_idle, "stream_peak": $mem_peak, "server_peak_rss": $hwm}, "predict_boxes": $predict_boxes}
 EOF
   if [ "${SPQUANT_DOCKER_KEEP_IMAGE:-0}" != 1 ]; then "${CLI[@]}" rmi -f "$tag" >/dev/null 2>&1 || true; fi
@@ -554,6 +566,9 @@ for target, i in images.items():
     print(f"{target:<11} {i['platform'] + (' (qemu)' if i['emulated'] else ''):<18} {mb(i['size_bytes']):>7} "
           f"{mb(i.get('compressed_bytes')):>7} {i['build_s']:>5}s {i['healthy_s']:>6}s {i['rest']['seconds']:>6.1f}s "
           f"{i['rest']['boxes']:>5}  {lat:<30} {i['runtime']}")
+    if i.get("venv_bytes"):
+        print(f"{'':<11} base {mb(i.get('base_bytes'))}, venv {mb(i['venv_bytes'])}; "
+              + ", ".join(f"{k} {v}" for k, v in (i.get("versions") or {}).items()))
     if "equals_amd64" in i:
         e = i["equals_amd64"]
         print(f"{'':<11} REST answer {'equals' if e['equal'] else 'DIFFERS FROM'} {e['reference']}'s "

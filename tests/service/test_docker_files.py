@@ -198,3 +198,45 @@ def test_script_covers_both_architectures():
                                            "--target \"$stage\"", "compare", "benchmarks/results/docker_edge.json"))
     makefile = (REPO / "Makefile").read_text()
     assert "bash docker/test_docker.sh" in makefile
+
+
+def _edge_runs() -> str:
+    return " ".join(args for op, args in _stages(DOCKER / "Dockerfile")["edge-builder"][1] if op == "RUN")
+
+
+def test_edge_builder_holds_the_slim_numba():
+    """The edge venv is held to numba 0.61 / llvmlite 0.44 (LLVM 15): llvmlite is most of the image, and its LLVM 20+
+    releases (0.45 on) are about 50 MB larger stripped. `make test-docker` records the versions and sizes it got."""
+    edge = _stages(DOCKER / "Dockerfile")["edge-builder"][1]
+    args = dict(arg.split("=", 1) for op, arg in edge if op == "ARG" and "=" in arg)
+    pins = args["EDGE_PINS"].strip('"').split()
+    assert {"numba>=0.61,<0.62", "llvmlite>=0.44,<0.45"} <= set(pins), pins
+    assert re.search(r"spquant-\*\.whl\)\[serve\]\" \$\{EDGE_PINS\}", _edge_runs())
+
+
+# What the edge image deletes from its venv, as modules: nothing of the project may import them.
+EDGE_TRIMMED = ("numba.cuda", "numba.pycc", "numpy.f2py", "numpy.distutils", "numpy._core._simd")
+
+
+def test_edge_trims_nothing_the_code_imports():
+    runs = _edge_runs()
+    assert all(module.replace(".", "/") in runs for module in EDGE_TRIMMED)
+    sources = [path for package in ("app", "data", "models", "service") for path in (REPO / package).rglob("*.py")]
+    modules = "|".join(map(re.escape, EDGE_TRIMMED))
+    pattern = re.compile(rf"^\s*(?:import|from)\s+({modules})\b"
+                         r"|^\s*from\s+(?:numba|numpy)\s+import\s+.*\b(?:cuda|pycc|f2py|distutils)\b", re.M)
+    offenders = [f"{path.relative_to(REPO)}: {m[0].strip()}" for path in sources
+                 for m in pattern.finditer(path.read_text(errors="replace"))]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("target", IMAGES)
+def test_an_entrypoint_keeps_the_command(target):
+    """Setting ENTRYPOINT drops the CMD a stage inherits from its parent: a stage that sets one sets CMD after it."""
+    stages = _stages(DOCKER / "Dockerfile")
+    name = target
+    while name in stages:
+        ops = [op for op, _ in stages[name][1]]
+        if "ENTRYPOINT" in ops:
+            assert "CMD" in ops[ops.index("ENTRYPOINT"):], f"stage {name}: ENTRYPOINT without a CMD after it"
+        name = stages[name][0]
