@@ -3,8 +3,10 @@
 Each stream session awaits :meth:`WindowBatcher.step` for its windows one after another (its state carries), so a
 batch never holds two windows of one stream. A worker takes the oldest waiting window plus every other window
 waiting at that moment (up to ``max_batch``) and runs them through :func:`models.inference.stream.step_batch` on an
-inference thread, or hands them to that worker's runner (an inference process, see :mod:`service.workers`). There is
-no timer: a lone stream is never held back, and under load the next batch fills while the current one runs. """
+inference thread, or hands them to that worker's runner (an inference process, see :mod:`service.workers`). Inference
+threads share one queue; a worker with a runner has a queue of its own, since its process holds the states of the
+streams it runs. There is no timer: a lone stream is never held back, and under load the next batch fills while the
+current one runs. """
 
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ Runner = Callable[[list[WindowJob]], list[Result | Exception]]
 
 
 class WindowBatcher:
-    """Queue + ``workers`` batching loops on the engine's event loop; the forward passes run on ``executor``, through
-    :func:`run_isolated` or, given ``runners`` (one per worker), through that worker's own runner.
+    """Queues + ``workers`` batching loops on the engine's event loop; the forward passes run on ``executor``, through
+    :func:`run_isolated` (the workers share one queue) or, given ``runners`` (one per worker), through that worker's
+    own runner (each worker has its own queue: :meth:`step` names the worker).
 
     ``on_batch(windows, seconds)`` is called after every forward pass (metrics).
     """
@@ -39,33 +42,34 @@ class WindowBatcher:
             raise ValueError(f"{len(runners)} runners for {workers} workers")
         self._executor, self._workers, self.max_batch = executor, workers, max_batch
         self._runners: Sequence[Runner] = runners or [run_isolated] * workers
+        self._own_queues = runners is not None
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[WindowJob, asyncio.Future[Result]]] | None = None
+        self._queues: list[asyncio.Queue[tuple[WindowJob, asyncio.Future[Result]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def step(self, job: WindowJob) -> Result:
-        """``(boxes, new state, firing rate)`` of one window, computed in a batch with whatever else is waiting."""
+    async def step(self, job: WindowJob, worker: int = 0) -> Result:
+        """``(boxes, new state, firing rate)`` of one window, computed in a batch with whatever else is waiting (for
+        worker ``worker``, where the workers have runners)."""
         loop = asyncio.get_running_loop()
-        if self._queue is None:  # started lazily: the queue and workers belong to the loop that serves requests
-            self._queue = asyncio.Queue()
-            self._tasks = [loop.create_task(self._work(runner), name=f"spquant-batcher-{i}")
-                           for i, runner in enumerate(self._runners)]
+        if not self._queues:  # started lazily: the queues and workers belong to the loop that serves requests
+            self._queues = [asyncio.Queue() for _ in range(self._workers if self._own_queues else 1)]
+            self._tasks = [loop.create_task(self._work(runner, self._queues[i % len(self._queues)]),
+                                            name=f"spquant-batcher-{i}") for i, runner in enumerate(self._runners)]
         future: asyncio.Future[Result] = loop.create_future()
-        self._queue.put_nowait((job, future))
+        self._queues[worker % len(self._queues)].put_nowait((job, future))
         return await future
 
     def close(self) -> None:
         """Stop the batching loops (windows still queued are cancelled)."""
         for task in self._tasks:
             task.cancel()
-        if self._queue is not None:
-            while not self._queue.empty():
-                self._queue.get_nowait()[1].cancel()
-        self._tasks, self._queue = [], None
+        for queue in self._queues:
+            while not queue.empty():
+                queue.get_nowait()[1].cancel()
+        self._tasks, self._queues = [], []
 
-    async def _work(self, runner: Runner) -> None:
-        assert self._queue is not None
-        queue, loop = self._queue, asyncio.get_running_loop()
+    async def _work(self, runner: Runner, queue: asyncio.Queue[tuple[WindowJob, asyncio.Future[Result]]]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
             while len(batch) < self.max_batch and not queue.empty():

@@ -5,7 +5,9 @@ and ``eval`` — on a worker thread, never on the event loop. Stream windows are
 pass for the windows waiting at that moment, see :mod:`service.batching`): each window gets the states
 ``StreamingDetector.step`` gives it alone and the same boxes to float rounding. With inference processes
 (:mod:`service.workers`), each batching worker sends its batches to a process of its own instead, where a copy of
-the model runs them. The model is only read; each caller owns its state, so requests and sessions never share one.
+the model runs them; a new stream goes to the process with the fewest streams, which keeps its state from then on
+(the session holds a :class:`~service.workers.RemoteState` and :meth:`DetectionEngine.release` frees it). The model
+is only read; each caller owns its state, so requests and sessions never share one.
 
 The model is a trained :class:`~models.networks.detector.SpikingYOLO`, the integer
 :class:`~models.inference.runtime.Runtime` or the torch-free :class:`~models.inference.numpy_runtime.NumpyRuntime`;
@@ -15,6 +17,7 @@ this module imports torch only to describe a torch model (an exported model serv
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +36,7 @@ from service.batching import WindowBatcher
 from service.errors import PayloadTooLargeError
 from service.metrics import Metrics
 from service.schemas import window_json
-from service.workers import InferenceProcess, warm_up_jobs
+from service.workers import InferenceProcess, RemoteState, warm_up_jobs
 
 T = TypeVar("T")
 _SIZE_KEYS = ("conv_layers", "channels", "params", "weight_bytes", "state_bytes_per_stream")  # GET /v1/model
@@ -59,6 +62,8 @@ class DetectionEngine:
             for process in self._processes:
                 process.close()
             raise
+        self._streams = [0] * len(self._processes)  # live streams per process: a new one goes to the least busy
+        self._keys = itertools.count()  # stream keys are never reused, so a key a process has not seen is a new stream
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="spquant-infer")
         self._batcher = WindowBatcher(self._executor, threads, max_batch, self._batch_done,
                                       [p.run for p in self._processes] or None)
@@ -89,8 +94,27 @@ class DetectionEngine:
     async def step(self, detector: StreamingDetector, events: np.ndarray, t_start: int, state: Any) -> tuple[
             np.ndarray, Any, float]:
         """One window of one stream, batched with the other streams' waiting windows: (boxes, new state, the
-        network's firing rate in that window)."""
-        return await self._batcher.step(WindowJob(detector, events, t_start, state))
+        network's firing rate in that window). With inference processes the state is a :class:`RemoteState` (None:
+        a new stream); :meth:`release` frees it when the stream ends."""
+        if not self._processes:
+            return await self._batcher.step(WindowJob(detector, events, t_start, state))
+        new = state is None
+        if new:
+            process = min(range(len(self._processes)), key=self._streams.__getitem__)
+            self._streams[process] += 1
+            state = RemoteState(process, next(self._keys))
+        try:
+            return await self._batcher.step(WindowJob(detector, events, t_start, state), state.process)
+        except BaseException:
+            if new:  # the caller never gets the handle
+                self.release(state)
+            raise
+
+    def release(self, state: Any) -> None:
+        """Forget a stream's state (its session ended or was reset): the inference process that holds it drops it."""
+        if isinstance(state, RemoteState):
+            self._streams[state.process] -= 1
+            self._processes[state.process].release(state.key)
 
     def warm_up(self) -> None:
         """Run an empty and a busy window as one batch (blocking): the compiled kernels load (or compile) and buffers

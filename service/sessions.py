@@ -87,10 +87,12 @@ class StreamSession:
     def __init__(self, engine: DetectionEngine, settings: Settings) -> None:
         self.engine, self.settings = engine, settings
         self.config = ConfigMessage(type="config")
+        self.state: Any = None
         self.reset()
 
     def reset(self) -> None:
         """Forget everything received: membrane state, partial records, the window in progress."""
+        self.engine.release(self.state)
         cfg = self.config
         # Without width/height the stream comes from the sensor the model was trained for.
         self.width, self.height = (cfg.width, cfg.height) if cfg.width and cfg.height else self.engine.sensor_size
@@ -101,7 +103,7 @@ class StreamSession:
         # a fresh filter on reset: its per-pixel memory holds absolute timestamps, and a reset may restart the clock
         denoise_us = self.settings.denoise_us
         self.denoiser = BackgroundActivityFilter(self.width, self.height, denoise_us) if denoise_us else None
-        self.state: Any = self.detector.init_state()
+        self.state = self.detector.init_state()
         self.received_data = False
 
     def configure(self, config: ConfigMessage) -> dict[str, Any]:
@@ -123,9 +125,11 @@ class StreamSession:
         self.received_data = True
         try:
             events = self.decoder.decode(data)
-            validate_events(events, self.width, self.height)
+            # checked once: the denoiser validates its input, the cutter all but the sensor size
             if self.denoiser is not None:
                 events = self.denoiser(events)
+            elif len(events) and (events["x"].max() >= self.width or events["y"].max() >= self.height):
+                validate_events(events, self.width, self.height)  # raises, naming the first event off the sensor
             if len(events):
                 first = self.cutter.next_index
                 check_span(int(events["t"][0]) // self.cutter.window_us if first is None else first,
@@ -137,6 +141,11 @@ class StreamSession:
     def flush(self) -> list[Window]:
         """The window in progress, completed now (events older than its end are dropped from then on)."""
         return self.cutter.flush()
+
+    def close(self) -> None:
+        """Free the membrane state (an inference process may hold it)."""
+        self.engine.release(self.state)
+        self.state = None
 
 
 class SessionRegistry:
@@ -163,6 +172,7 @@ class SessionRegistry:
 
     def close(self, session: StreamSession, outcome: str) -> None:
         """Forget ``session`` and count how it ended."""
+        session.close()
         self._open.discard(session)
         self.metrics.active_sessions.set(len(self._open))
         self.metrics.sessions.labels(outcome=outcome).inc()

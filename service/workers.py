@@ -3,12 +3,15 @@
 Two inference threads of one process share its GIL with each other and with the event loop: the engine hands the
 GIL back and forth at every kernel and numpy call. On the 2-core machine two threads ran the numpy engine at 1.5 times
 the windows per second of one (less beside a busy event loop), two processes at 2.0 times; a server with inference
-processes serves 12 streams at the sensor's pace where its threads serve 8 (``benchmarks/service_load.py``). An
+processes serves more streams at the sensor's pace than with threads (``benchmarks/service_load.py``). An
 :class:`InferenceProcess` is a child (started with ``spawn``: no thread or lock state is inherited) that loads the
 model, warms it up and then runs the batches its parent sends over a pipe through
 :func:`service.batching.run_isolated`. A window goes there as plain data (its detector's sensor size and thresholds,
-its events, start time and state) and comes back as ``(boxes, new state, firing rate)``; the session keeps its state
-in the parent, so any process can run any window. The child imports torch only for a torch model.
+its events, start time and its stream's key) and comes back as ``(boxes, firing rate)``. The stream's state stays in
+the child, under its key (a key the child has not seen is a fresh stream): it never crosses the pipe (126 KB per
+window each way for the bundled model), so a stream's windows all run in one process (a :class:`RemoteState` names
+it), and the keys of closed streams go with the next batch to be dropped. The child imports torch only for a torch
+model.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import contextlib
 import multiprocessing
 import sys
 import threading
+from collections import deque
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,15 @@ from models.inference.loading import load_model
 from models.inference.stream import StreamingDetector, StreamModel, WindowJob, step_batch
 from service.batching import Result, run_isolated
 
-Payload = tuple[int, int, float, float, int, np.ndarray, int, Any]  # sensor w, h, conf, iou, max_det, events, t0, state
+Payload = tuple[int, int, float, float, int, np.ndarray, int, int]  # sensor w, h, conf, iou, max_det, events, t0, key
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    """A stream's state as its session holds it when an inference process keeps it: which process, under which key."""
+
+    process: int
+    key: int
 
 
 def warm_up_jobs(detector: StreamingDetector) -> list[WindowJob]:
@@ -54,6 +67,7 @@ class InferenceProcess:
         self._process.start()
         child.close()
         self._lock = threading.Lock()
+        self._dropped: deque[int] = deque()  # keys of closed streams, sent with the next batch (thread-safe appends)
 
     def wait_ready(self) -> None:
         """Block until the child has loaded and warmed up the model; raises what its start-up raised."""
@@ -62,13 +76,21 @@ class InferenceProcess:
             raise started
 
     def run(self, jobs: list[WindowJob]) -> list[Result | Exception]:
-        """:func:`run_isolated` of ``jobs`` in the child (blocking)."""
+        """:func:`run_isolated` of ``jobs`` in the child (blocking); each job's ``state`` is its stream's
+        :class:`RemoteState`, given back with its result (the new state stays in the child)."""
         payload: list[Payload] = [
             (job.detector.letterbox.sensor_width, job.detector.letterbox.sensor_height, job.detector.conf_thres,
-             job.detector.iou_thres, job.detector.max_det, job.events, job.t_start, job.state) for job in jobs]
+             job.detector.iou_thres, job.detector.max_det, job.events, job.t_start, job.state.key) for job in jobs]
+        dropped = [self._dropped.popleft() for _ in range(len(self._dropped))]
         with self._lock:
-            self._conn.send(payload)
-            return self._receive()
+            self._conn.send((dropped, payload))
+            results = self._receive()
+        return [result if isinstance(result, BaseException) else (result[0], job.state, result[1])
+                for job, result in zip(jobs, results, strict=True)]
+
+    def release(self, key: int) -> None:
+        """Forget the state of the stream ``key`` (in the child, with the next batch)."""
+        self._dropped.append(key)
 
     def close(self) -> None:
         """Stop the child (after the batch it is running)."""
@@ -103,10 +125,18 @@ def _serve(conn: Connection, path: str, integer: bool, runtime: str) -> None:  #
         conn.send(exc)
         return
     conn.send(None)
-    while (payload := conn.recv()) is not None:
-        jobs = [WindowJob(_detector(detectors, model, width, height, conf, iou, max_det), events, t_start, state)
-                for width, height, conf, iou, max_det, events, t_start, state in payload]
-        conn.send(run_isolated(jobs))
+    states: dict[int, Any] = {}  # stream key → its state
+    while (message := conn.recv()) is not None:
+        dropped, payload = message
+        for key in dropped:
+            states.pop(key, None)
+        jobs = [WindowJob(_detector(detectors, model, width, height, conf, iou, max_det), events, t_start,
+                          states.get(key)) for width, height, conf, iou, max_det, events, t_start, key in payload]
+        results = run_isolated(jobs)
+        for (*_, key), result in zip(payload, results, strict=True):
+            if not isinstance(result, BaseException):
+                states[key] = result[1]
+        conn.send([result if isinstance(result, BaseException) else (result[0], result[2]) for result in results])
 
 
 def _detector(cache: dict[tuple[int, int, float, float, int], StreamingDetector], model: StreamModel, width: int,

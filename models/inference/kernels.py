@@ -1,9 +1,9 @@
 """Compiled (numba) kernels of the integer runtimes: LIF, requantization, event-driven conv. numpy only, no torch.
 
-The torch runtime (:mod:`models.inference.runtime`) calls the batch-major ones, the torch-free one
-(:mod:`models.inference.numpy_runtime`) the channel-last ones, and both the integer Detect head's
-:func:`requant_kernel`, on numpy arrays; they release the GIL. The integer
-arithmetic is described in :mod:`models.inference.export`.
+The torch runtime (:mod:`models.inference.runtime`) calls the batch-major ones (its integer Detect head
+:func:`requant_kernel`), the torch-free one (:mod:`models.inference.numpy_runtime`) the channel-last ones (its Detect
+head :func:`im2col_cl_kernel`, :func:`depthwise_cl_kernel` and :func:`requant_cl_kernel`), on numpy arrays; they
+release the GIL. The integer arithmetic is described in :mod:`models.inference.export`.
 """
 
 from __future__ import annotations
@@ -338,35 +338,40 @@ def map_cl_kernel(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: np.n
         on[channels:] = 0
 
 
+# ------------------------------------------------------------------------- kernels of the torch-free Detect head
+# Its activations are channel-last too, [P, C] rows of positions (b, y, x), unpadded; its GEMMs are BLAS's.
+
+
 @njit(cache=True, nogil=True)
-def im2col_kernel(x: np.ndarray, k: int, stride: int, padding: int,
-                  cols: np.ndarray) -> None:  # pragma: no cover - compiled
-    # x [C, N, H, W] (float32 spikes or rates, uint8 counts) → cols [C·k·k, N·h·w] float32, zero where the window
-    # leaves the input: the GEMM operand of a conv in the channel-major layout (row (c, ky, kx), column (n, y, x)).
-    # The valid output columns of each tap are computed once, and rows are written by index (no slice objects: the
-    # Detect head's rows are 5 to 20 long).
-    channels, batch, rows, width = x.shape
-    out_h = (rows + 2 * padding - k) // stride + 1
-    out_w = (width + 2 * padding - k) // stride + 1
-    for kx in range(k):
-        # output columns ox with 0 <= ox·stride + kx - padding < width
-        lo = max(0, -((kx - padding) // stride))
-        hi = min(out_w, (width - 1 - kx + padding) // stride + 1)
-        offset = kx - padding
-        for c in range(channels):
-            for ky in range(k):
-                row = cols[(c * k + ky) * k + kx]
-                for n in range(batch):
-                    for oy in range(out_h):
-                        base = (n * out_h + oy) * out_w
-                        iy = oy * stride + ky - padding
-                        if iy < 0 or iy >= rows:
-                            for ox in range(out_w):
-                                row[base + ox] = 0.0
+def depthwise_cl_kernel(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    # depthwise 3×3 conv, stride 1, padding 1, of channel-last x [B, h, w, C] (any strides: a column slice of a wider
+    # activation): weight [9, C] float32, taps (ky, kx) row-major; out [B, h, w, C] float32. Taps summed in order.
+    batch, rows, cols, channels = x.shape
+    for b in range(batch):
+        for y in range(rows):
+            for xx in range(cols):
+                o = out[b, y, xx]
+                o[:] = 0.0
+                for ky in range(3):
+                    iy = y + ky - 1
+                    if iy < 0 or iy >= rows:
+                        continue
+                    for kx in range(3):
+                        ix = xx + kx - 1
+                        if ix < 0 or ix >= cols:
                             continue
-                        for ox in range(lo):
-                            row[base + ox] = 0.0
-                        for ox in range(lo, hi):
-                            row[base + ox] = np.float32(x[c, n, iy, ox * stride + offset])
-                        for ox in range(hi, out_w):
-                            row[base + ox] = 0.0
+                        src, w = x[b, iy, ix], weight[ky * 3 + kx]
+                        for c in range(channels):
+                            o[c] += src[c] * w[c]
+
+
+@njit(cache=True, nogil=True)
+def requant_cl_kernel(acc: np.ndarray, multiplier: np.ndarray, bias: np.ndarray, shift: np.ndarray,
+                      table: np.ndarray, luts: np.ndarray, top: int, out: np.ndarray) -> None:  # pragma: no cover
+    # requant_kernel in the channel-last layout: acc [P, C] float32 integer accumulators (any strides) → out [P, C]
+    # float32 codes (may be acc itself: each value is read before it is written)
+    for p in range(acc.shape[0]):
+        a, o = acc[p], out[p]
+        for c in range(acc.shape[1]):
+            z = (np.int64(a[c]) * multiplier[c] + bias[c]) >> shift[c]
+            o[c] = luts[table[c], min(max(z, -top), top) + top]

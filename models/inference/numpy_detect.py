@@ -1,17 +1,19 @@
 """The Detect head and NMS in numpy: the float end of the torch-free runtime (no torch, no ultralytics).
 
 :class:`NumpyDetect` is :class:`~models.inference.fused_head.FusedDetect` rebuilt from a ``.spq`` file's ``head.*``
-tensors: every BN folded into its conv (float64, then float32), the box branch's first 3×3 and the class branch's
-depthwise 3×3 as one GEMM over one im2col (for up to ``MERGE_CHANNELS`` input channels), every 1×1 conv and the two
-final 1×1 convs as one matmul, anchors cached, DFL as a softmax expectation. Activations are channel-major
-(``[C, B, h, w]``: a conv is one GEMM ``W [Cout, Cin·k·k] @ cols [Cin·k·k, B·h·w]``). Float32 summation orders differ
-from PyTorch's, so outputs agree with the torch runtime's head to float32 rounding, not bit for bit.
+tensors: every BN folded into its conv (float64, then float32), anchors cached, DFL as a softmax expectation.
+Activations are channel-last, ``[P, C]`` with rows the positions ``(b, y, x)`` of all the batch's streams: a 3×3 conv
+is an im2col of whole pixels (contiguous runs of C values) and one GEMM ``cols [P, 9·Cin] @ W [9·Cin, Cout]``, a
+depthwise 3×3 a compiled loop over the activation (no im2col, no dense diagonal kernel), a 1×1 conv a GEMM on the
+activation itself, and the two final 1×1 convs one GEMM per stream straight into the ``[B, 4·reg_max + nc, anchors]``
+array the DFL decodes. The intermediate arrays are per-thread scratch, reused from call to call. Float32 summation
+orders differ from PyTorch's, so outputs agree with the torch runtime's head to float32 rounding, not bit for bit.
 
 An *integer head* (exported from a model with ``head_act_bits`` > 0; its ``head_weights`` entries carry ``act_bits``,
 see :mod:`models.inference.export`) runs as integers up to its last two convs, with the same layout tricks: the
 first convs read the level's spike counts (rate × ``input_steps``), every hidden conv is a float32 GEMM of integer
 weight codes and integer activation codes (exact below 2^24, checked at export), then an int64 fixed-point
-requantization to the pre-activation code, clamped, and the SiLU as a table lookup (:func:`requant_kernel`); the
+requantization to the pre-activation code, clamped, and the SiLU as a table lookup (:func:`requant_cl_kernel`); the
 final 1×1 convs give ``acc · scale + bias`` in float32, and the DFL softmax and the class sigmoid run in float64,
 rounded to float32. Every step is then either exact or correctly rounded, so the torch runtime's integer head
 (:class:`~models.inference.fused_head.IntegerDetect`) gives the same outputs bit for bit. :func:`integer_levels`
@@ -26,25 +28,27 @@ scores, best class per box, class-aware (boxes offset by ``class × max_wh``), `
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from models.inference.kernels import im2col_kernel, requant_kernel
+from models.inference.kernels import depthwise_cl_kernel, im2col_cl_kernel, requant_cl_kernel, requant_kernel
 from models.inference.spq import head_weight, unpack_codes
 
-MERGE_CHANNELS = 32  # as FusedDetect: merge the depthwise 3×3 into the box branch's 3×3 up to this many channels
 BN_EPS = 1e-5  # ultralytics' Conv uses BatchNorm2d's default eps (not stored in the file)
+CHUNK_POSITIONS = 512  # a level runs on whole streams of up to this many positions at a time (at least one stream)
 
 
-def _silu(x: np.ndarray) -> np.ndarray:
-    """SiLU in place on float32 ``x``: ``x · sigmoid(x)`` (exp overflows to inf for very negative x: gives -0)."""
+def _silu(x: np.ndarray, scratch: np.ndarray) -> None:
+    """SiLU in place on float32 ``x``: ``x · sigmoid(x)`` (exp overflows to inf for very negative x: gives -0);
+    ``scratch`` (``x``'s shape) holds the denominator."""
+    np.negative(x, out=scratch)
     with np.errstate(over="ignore"):
-        denominator = np.exp(-x)
-    denominator += 1
-    x /= denominator
-    return x
+        np.exp(scratch, out=scratch)
+    scratch += 1
+    x /= scratch
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -54,13 +58,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.reciprocal(out, out=out)
 
 
-def conv_cols(x: np.ndarray, k: int, stride: int = 1, padding: int = 0) -> np.ndarray:
-    """The im2col GEMM operand of a ``k``×``k`` conv over channel-major ``x [C, N, H, W]``: ``[C·k·k, N·h·w]``."""
-    c, n, h, w = x.shape
-    out_h, out_w = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
-    cols = np.empty((c * k * k, n * out_h * out_w), dtype=np.float32)
-    im2col_kernel(x, k, stride, padding, cols)
-    return cols
+class _Scratch(threading.local):
+    """Float32 scratch arrays reused from call to call, one set per thread (callers on several threads must not share
+    them): fresh arrays of hundreds of kilobytes may be memory-mapped, and then page-faulted, anew on every call."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, rows: int, cols: int) -> np.ndarray:
+        """``[rows, cols]`` C-contiguous, contents undefined (grown when ``rows`` is more than it holds)."""
+        array = self.arrays.get(name)
+        if array is None or array.shape[0] < rows or array.shape[1] != cols:
+            array = self.arrays[name] = np.empty((rows, cols), dtype=np.float32)
+        return array[:rows]
 
 
 class _HeadTensors:
@@ -94,7 +104,8 @@ def _f32(array: np.ndarray) -> np.ndarray:
 
 
 def dense_depthwise(weight: np.ndarray) -> np.ndarray:
-    """A depthwise ``[C, 1, k, k]`` kernel as a dense ``[C, C, k, k]`` one (the kernel on the channel diagonal)."""
+    """A depthwise ``[C, 1, k, k]`` kernel as a dense ``[C, C, k, k]`` one (the kernel on the channel diagonal; the
+    torch runtime's merged layout)."""
     c = len(weight)
     dense = np.zeros((c, c, *weight.shape[2:]), dtype=weight.dtype)
     dense[np.arange(c), np.arange(c)] = weight[:, 0]
@@ -109,56 +120,124 @@ def block_diagonal(box: np.ndarray, cls: np.ndarray) -> np.ndarray:
     return final
 
 
+def _gemm(weight: np.ndarray) -> np.ndarray:
+    """A conv weight ``[Cout, Cin, k, k]`` as the channel-last GEMM operand ``[k·k·Cin, Cout]`` (rows ``(ky, kx, c)``,
+    as :func:`~models.inference.kernels.im2col_cl_kernel`'s columns), float32."""
+    return _f32(weight.transpose(2, 3, 1, 0).reshape(-1, len(weight)))
+
+
+def _taps(weight: np.ndarray) -> np.ndarray:
+    """A depthwise 3×3 weight ``[C, 1, 3, 3]`` as :func:`~models.inference.kernels.depthwise_cl_kernel` takes it:
+    ``[9, C]`` float32."""
+    return _f32(weight.reshape(len(weight), 9).T)
+
+
 class _Level:
-    """One level's box and class branches: rates ``[Cin, B, h, w]`` → raw ``[4·reg_max + nc, B·h·w]``."""
+    """One level's box and class branches, channel-last: rates ``x [Cin, B, h, w]`` → ``out [B, 4·reg_max + nc,
+    h·w]`` (a view, written in place). Activations are ``[P, C]``, rows the positions ``(b, y, x)``: a 3×3 conv is
+    :func:`~models.inference.kernels.im2col_cl_kernel` and one GEMM, a depthwise 3×3 a compiled loop, a 1×1 a GEMM on
+    the activation itself, the two final 1×1 convs one GEMM over ``[box features | class features]`` that writes
+    the level's anchors of ``out``. Subclasses give the first convs' input, the activations and the output scaling.
+    """
+
+    def __init__(self, box: Sequence[np.ndarray], cls: Sequence[np.ndarray], box_out: np.ndarray,
+                 cls_out: np.ndarray) -> None:
+        # box: the branch's 3×3 weights, cls: depthwise 3×3, 1×1, depthwise 3×3, 1×1 (torch layouts); box_out,
+        # cls_out: the final 1×1 convs [Cout, Cin]
+        cin = cls[0].shape[0]
+        if box[0].shape[1:] != (cin, 3, 3) or cls[0].shape[1:] != (1, 3, 3):
+            raise ValueError(f"unexpected branch shapes {box[0].shape}, {cls[0].shape}")
+        self.w_box0, self.w_box1 = _gemm(box[0]), _gemm(box[1])  # [9·Cin, box0], [9·box0, box1]
+        self.w_cls0, self.w_cls2 = _taps(cls[0]), _taps(cls[2])  # [9, Cin], [9, cls0]
+        self.w_cls1, self.w_cls3 = _gemm(cls[1]), _gemm(cls[3])  # [Cin, cls0], [cls0, cls1]
+        self.w_out = _f32(block_diagonal(box_out, cls_out))  # [4·reg_max + nc, box1 + cls1]
+        self.split = self.w_box1.shape[1]  # feature columns [0, split) are the box branch's
+        self.scratch = _Scratch()
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> None:
+        # a few streams at a time: the scratch arrays of CHUNK_POSITIONS positions stay in the L2 cache, which the
+        # whole batch's (megabytes of im2col) would not (measured in place, batches of 8: 1.42 → 1.23 ms a window)
+        streams = max(1, CHUNK_POSITIONS // (x.shape[2] * x.shape[3]))
+        for start in range(0, x.shape[1], streams):
+            self._streams(x[:, start:start + streams], out[start:start + streams])
+
+    def _streams(self, x: np.ndarray, out: np.ndarray) -> None:
+        c, b, h, w = x.shape
+        p, scratch = b * h * w, self.scratch
+        inputs = scratch.get("inputs", p, c)
+        self._inputs(x, inputs.reshape(b, h, w, c))
+        box = self._conv3(inputs, self.w_box0, (b, h, w), "box0")
+        cls = self._depthwise(inputs, self.w_cls0, (b, h, w), "cls0")
+        cls = self._depthwise(self._matmul(cls, self.w_cls1, "cls1"), self.w_cls2, (b, h, w), "cls2")
+        features = scratch.get("features", p, self.w_out.shape[1])  # [box1 | cls1], activated at once
+        self._conv3(box, self.w_box1, (b, h, w), "box1", features[:, :self.split])
+        self._matmul(cls, self.w_cls3, "cls3", features[:, self.split:])
+        self._act("features", features)
+        # [no, box1 + cls1] @ [box1 + cls1, h·w] per stream, into the strided out: the DFL reduces over channels
+        np.matmul(self.w_out, features.reshape(b, h * w, -1).transpose(0, 2, 1), out=out)
+        self._output(out)
+
+    def _conv3(self, x: np.ndarray, weight: np.ndarray, size: tuple[int, int, int], name: str,
+               out: np.ndarray | None = None) -> np.ndarray:
+        """3×3 conv (padding 1) of ``x [P, Cin]`` with ``weight [9·Cin, Cout]``: ``[P, Cout]``, activated unless it
+        is written into ``out``."""
+        cols = self.scratch.get(f"{name}.cols", len(x), weight.shape[0])
+        im2col_cl_kernel(x.reshape(*size, -1), 3, 1, 1, cols)
+        return self._matmul(cols, weight, name, out)
+
+    def _matmul(self, x: np.ndarray, weight: np.ndarray, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """``x [P, Cin] @ weight [Cin, Cout]``, activated unless it is written into ``out``."""
+        if out is not None:
+            return np.matmul(x, weight, out=out)
+        out = np.matmul(x, weight, out=self.scratch.get(name, len(x), weight.shape[1]))
+        self._act(name, out)
+        return out
+
+    def _depthwise(self, x: np.ndarray, weight: np.ndarray, size: tuple[int, int, int], name: str) -> np.ndarray:
+        out = self.scratch.get(name, len(x), weight.shape[1])
+        depthwise_cl_kernel(x.reshape(*size, -1), weight, out.reshape(*size, -1))
+        self._act(name, out)
+        return out
+
+    def _inputs(self, x: np.ndarray, out: np.ndarray) -> None:
+        """The first convs' input ``[B, h, w, Cin]`` from the rates ``x [Cin, B, h, w]``."""
+        raise NotImplementedError
+
+    def _act(self, name: str, acc: np.ndarray) -> None:
+        """Layer ``name``'s activation of its accumulators ``acc [P, C]``, in place."""
+        raise NotImplementedError
+
+    def _output(self, out: np.ndarray) -> None:
+        """The final convs' output from their accumulators ``out [B, 4·reg_max + nc, h·w]``, in place."""
+        raise NotImplementedError
+
+
+class _FloatLevel(_Level):
+    """A float head's level: BN folded into each conv (float64, then float32), SiLU, rates in (see the module
+    docstring)."""
 
     def __init__(self, head: _HeadTensors, level: int) -> None:
         box, cls = f"cv2.{level}", f"cv3.{level}"
-        w_box0, b_box0 = head.folded(f"{box}.0")
-        w_dw0, b_dw0 = head.folded(f"{cls}.0.0")
-        cin = w_dw0.shape[0]
-        if w_dw0.shape[1:] != (1, 3, 3) or w_box0.shape[1:] != (cin, 3, 3):
-            raise ValueError(f"head level {level}: unexpected branch shapes {w_box0.shape}, {w_dw0.shape}")
-        self.split = w_box0.shape[0]
-        self.merged = cin <= MERGE_CHANNELS
-        if self.merged:  # the depthwise kernel on the channel diagonal of a dense 3×3: one GEMM for both
-            dense = np.concatenate([w_box0, dense_depthwise(w_dw0)])  # [box0 + Cin, Cin, 3, 3]
-            self.w0, self.b0 = _f32(dense.reshape(self.split + cin, -1)), _f32(np.concatenate([b_box0, b_dw0])[:, None])
-        else:
-            self.w0, self.b0 = _f32(w_box0.reshape(self.split, -1)), _f32(b_box0[:, None])
-            self.w_dw0, self.b_dw0 = _f32(w_dw0.reshape(cin, 9, 1)), _f32(b_dw0[:, None])
-        w, b = head.folded(f"{box}.1")
-        self.w_box1, self.b_box1 = _f32(w.reshape(len(w), -1)), _f32(b[:, None])
-        w, b = head.folded(f"{cls}.0.1")
-        self.w_cls1, self.b_cls1 = _f32(w.reshape(len(w), -1)), _f32(b[:, None])
-        w, b = head.folded(f"{cls}.1.0")
-        self.w_cls2, self.b_cls2 = _f32(w.reshape(len(w), 9, 1)), _f32(b[:, None])
-        w, b = head.folded(f"{cls}.1.1")
-        self.w_cls3, self.b_cls3 = _f32(w.reshape(len(w), -1)), _f32(b[:, None])
-        w_box, b_box = head.plain(f"{box}.2")
-        w_cls, b_cls = head.plain(f"{cls}.2")
-        final = block_diagonal(w_box.reshape(len(w_box), -1), w_cls.reshape(len(w_cls), -1))
-        self.w_out, self.b_out = _f32(final), _f32(np.concatenate([b_box, b_cls])[:, None])
+        folded = [head.folded(f"{box}.{i}") for i in range(2)], [head.folded(f"{cls}.{i}.{j}") for i in range(2)
+                                                                for j in range(2)]
+        (w_box_out, b_box_out), (w_cls_out, b_cls_out) = head.plain(f"{box}.2"), head.plain(f"{cls}.2")
+        super().__init__([w for w, _ in folded[0]], [w for w, _ in folded[1]],
+                         w_box_out.reshape(len(w_box_out), -1), w_cls_out.reshape(len(w_cls_out), -1))
+        names = ("box0", "box1", "cls0", "cls1", "cls2", "cls3")
+        self.biases = {name: _f32(b) for name, (_, b) in zip(names, [*folded[0], *folded[1]], strict=True)}
+        self.biases["features"] = np.concatenate([self.biases["box1"], self.biases["cls3"]])
+        self.b_out = _f32(np.concatenate([b_box_out, b_cls_out])[:, None])
+        self.widest = max(len(b) for b in self.biases.values())
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        _, b, h, w = x.shape
-        cols = conv_cols(x, 3, 1, 1)  # [Cin·9, B·h·w]
-        first = _silu(self.w0 @ cols + self.b0)  # [box0 (+ Cin), B·h·w]
-        if self.merged:
-            box, cls = first[:self.split], first[self.split:]
-        else:
-            box = first
-            cls = _silu(_depthwise(cols, self.w_dw0) + self.b_dw0)
-        box = _silu(self.w_box1 @ conv_cols(box.reshape(-1, b, h, w), 3, 1, 1) + self.b_box1)  # [box1, B·h·w]
-        cls = _silu(self.w_cls1 @ cls + self.b_cls1)  # 1×1: [cls0, B·h·w]
-        cls = _silu(_depthwise(conv_cols(cls.reshape(-1, b, h, w), 3, 1, 1), self.w_cls2) + self.b_cls2)
-        cls = _silu(self.w_cls3 @ cls + self.b_cls3)  # [cls1, B·h·w]
-        return self.w_out @ np.concatenate([box, cls]) + self.b_out  # [4·reg_max + nc, B·h·w]
+    def _inputs(self, x: np.ndarray, out: np.ndarray) -> None:
+        np.copyto(out, x.transpose(1, 2, 3, 0))
 
+    def _act(self, name: str, acc: np.ndarray) -> None:
+        acc += self.biases[name]
+        _silu(acc, self.scratch.get("silu", len(acc), self.widest)[:, :acc.shape[1]])
 
-def _depthwise(cols: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """A depthwise 3×3 from its im2col ``[C·9, P]`` and weights ``[C, 9, 1]``: ``[C, P]``."""
-    return (cols.reshape(len(weight), 9, -1) * weight).sum(1)
+    def _output(self, out: np.ndarray) -> None:
+        out += self.b_out
 
 
 # ---------------------------------------------------------------------------------------------------- integer head
@@ -292,48 +371,41 @@ class Requantizer:
                        out.reshape(view))
         return out
 
+    def channel_last(self, acc: np.ndarray, out: np.ndarray) -> None:
+        """Codes (float32) of the float32 accumulators ``acc [P, C]`` into ``out [P, C]`` (any strides; may be
+        ``acc``)."""
+        requant_cl_kernel(acc, self.multiplier, self.bias, self.shift, self.table, self.luts, self.top, out)
 
-class _IntegerLevel:
-    """One level of an integer head: rates ``[Cin, B, h, w]`` → raw ``[4·reg_max + nc, B·h·w]`` (see the module
-    docstring); the same layout as :class:`_Level`."""
+
+class _IntegerLevel(_Level):
+    """One level of an integer head (see the module docstring): its first convs read the spike counts, every hidden
+    conv is requantized to codes (:func:`~models.inference.kernels.requant_cl_kernel`), the final convs give ``acc ·
+    scale + bias``."""
 
     def __init__(self, level: IntegerLevel) -> None:
-        box, cls = level.box, level.cls
-        cin = cls[0].weight.shape[0]
+        super().__init__([layer.weight for layer in level.box], [layer.weight for layer in level.cls],
+                         level.box_out.weight, level.cls_out.weight)
         self.steps = np.float32(level.steps)
-        self.split = box[0].weight.shape[0]
-        self.merged = cin <= MERGE_CHANNELS
-        if self.merged:  # the depthwise kernel on the channel diagonal of a dense 3×3: one GEMM for both
-            dense = np.concatenate([box[0].weight, dense_depthwise(cls[0].weight)])  # [box0 + Cin, Cin, 3, 3]
-            self.w0 = _f32(dense.reshape(self.split + cin, -1))
-            self.act0 = Requantizer([box[0], cls[0]])
-        else:
-            self.w0, self.act0 = _f32(box[0].weight.reshape(self.split, -1)), Requantizer([box[0]])
-            self.w_dw0, self.act_dw0 = _f32(cls[0].weight.reshape(cin, 9, 1)), Requantizer([cls[0]])
-        self.w_box1, self.act_box1 = _f32(box[1].weight.reshape(len(box[1].weight), -1)), Requantizer([box[1]])
-        self.w_cls1, self.act_cls1 = _f32(cls[1].weight.reshape(len(cls[1].weight), -1)), Requantizer([cls[1]])
-        self.w_cls2, self.act_cls2 = _f32(cls[2].weight.reshape(len(cls[2].weight), 9, 1)), Requantizer([cls[2]])
-        self.w_cls3, self.act_cls3 = _f32(cls[3].weight.reshape(len(cls[3].weight), -1)), Requantizer([cls[3]])
-        self.w_out = _f32(block_diagonal(level.box_out.weight, level.cls_out.weight))
-        self.scale = _f32(np.concatenate([level.box_out.scale, level.cls_out.scale]))
+        names = ("box0", "box1", "cls0", "cls1", "cls2", "cls3")
+        self.requantizers = {name: Requantizer([layer]) for name, layer in zip(names, [*level.box, *level.cls],
+                                                                               strict=True)}
+        self.scale = _f32(np.concatenate([level.box_out.scale, level.cls_out.scale]))  # [no, 1]
         self.bias = _f32(np.concatenate([level.box_out.bias, level.cls_out.bias]))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        _, b, h, w = x.shape
-        cols = conv_cols(np.rint(x * self.steps), 3, 1, 1)  # the spike counts' im2col: [Cin·9, B·h·w]
-        first = self.act0(self.w0 @ cols)  # codes [box0 (+ Cin), B·h·w]
-        if self.merged:
-            box, cls = first[:self.split], first[self.split:]
+    def _inputs(self, x: np.ndarray, out: np.ndarray) -> None:
+        np.multiply(x.transpose(1, 2, 3, 0), self.steps, out=out)  # the spike counts
+        np.rint(out, out=out)
+
+    def _act(self, name: str, acc: np.ndarray) -> None:
+        if name == "features":  # the box and class branches' last layers side by side
+            self._act("box1", acc[:, :self.split])
+            self._act("cls3", acc[:, self.split:])
         else:
-            box, cls = first, self.act_dw0(_depthwise(cols, self.w_dw0))
-        box = self.act_box1(self.w_box1 @ conv_cols(box.reshape(-1, b, h, w), 3, 1, 1))  # [box1, B·h·w]
-        cls = self.act_cls1(self.w_cls1 @ cls)  # 1×1: [cls0, B·h·w]
-        cls = self.act_cls2(_depthwise(conv_cols(cls.reshape(-1, b, h, w), 3, 1, 1), self.w_cls2))
-        cls = self.act_cls3(self.w_cls3 @ cls)  # [cls1, B·h·w]
-        raw = self.w_out @ np.concatenate([box, cls])  # exact integer accumulators [4·reg_max + nc, B·h·w]
-        raw *= self.scale  # two roundings (no fused multiply-add), as the torch runtime
-        raw += self.bias
-        return raw
+            self.requantizers[name].channel_last(acc, acc)
+
+    def _output(self, out: np.ndarray) -> None:
+        out *= self.scale  # exact integer accumulators times the scale, then the bias: two roundings (no fused
+        out += self.bias  # multiply-add), as the torch runtime
 
 
 # -------------------------------------------------------------------------------------------------------- the head
@@ -344,23 +416,27 @@ class NumpyDetect:
     per level) → ``[B, 4 + nc, anchors]`` (xywh pixels, sigmoid scores), as the torch runtime's head.
 
     ``packed`` is the detect node's ``head_weights``: a float head (fake-quantized weights or not) or an integer head
-    (:func:`is_integer_head`), whose DFL softmax and sigmoid run in float64 (see the module docstring).
+    (:func:`is_integer_head`), whose DFL softmax and sigmoid run in float64 (see the module docstring). Thread-safe:
+    the scratch arrays are per thread.
     """
 
     def __init__(self, tensors: dict[str, np.ndarray], packed: dict[str, Any], strides: list[int], reg_max: int,
                  nc: int) -> None:
+        self.levels: list[_Level]
         if is_integer_head(packed):
             self.levels = [_IntegerLevel(level) for level in integer_levels(tensors, packed, len(strides))]
             self.precision = np.float64
         else:
             head = _HeadTensors(tensors, packed)
-            self.levels = [_Level(head, i) for i in range(len(strides))]
+            self.levels = [_FloatLevel(head, i) for i in range(len(strides))]
             self.precision = np.float32
         self.strides, self.reg_max, self.nc = [float(s) for s in strides], reg_max, nc
-        if self.levels[0].w_out.shape[0] != 4 * reg_max + nc:
+        self.outputs = 4 * reg_max + nc
+        if self.levels[0].w_out.shape[0] != self.outputs:
             raise ValueError(f"head outputs {self.levels[0].w_out.shape[0]} channels, expected 4·{reg_max} + {nc}")
         self.bins = np.arange(reg_max, dtype=self.precision).reshape(1, 1, -1, 1)
         self._anchors: dict[tuple[tuple[int, int], ...], tuple[np.ndarray, np.ndarray]] = {}
+        self.scratch = _Scratch()
 
     def anchors(self, sizes: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
         """Anchor centres ``[1, 2, A]`` (grid units) and strides ``[1, 1, A]`` for levels of ``sizes``, cached."""
@@ -376,18 +452,20 @@ class NumpyDetect:
 
     def __call__(self, rates: list[np.ndarray]) -> np.ndarray:
         b = rates[0].shape[1]
-        # [B, 4·reg_max + nc, A]: each level's [no, B, h·w] with anchors level after level
-        raw = np.concatenate([level(x).reshape(-1, b, x.shape[2] * x.shape[3]).transpose(1, 0, 2)
-                              for level, x in zip(self.levels, rates, strict=True)], 2)
-        a = raw.shape[2]
         anchors, strides = self.anchors(tuple((x.shape[2], x.shape[3]) for x in rates))
-        logits = raw[:, :4 * self.reg_max].reshape(b, 4, self.reg_max, a).astype(self.precision, copy=False)
-        e = np.exp(logits - logits.max(2, keepdims=True))
+        a, r = anchors.shape[2], self.reg_max
+        raw = self.scratch.get("raw", b * self.outputs, a).reshape(b, self.outputs, a)  # anchors level after level
+        start = 0
+        for level, x in zip(self.levels, rates, strict=True):
+            level(x, raw[:, :, start:start + x.shape[2] * x.shape[3]])
+            start += x.shape[2] * x.shape[3]
+        logits = raw[:, :4 * r].reshape(b, 4, r, a).astype(self.precision, copy=False)
+        e = np.exp(logits - logits.max(2, keepdims=True))  # reductions over a non-innermost axis: whole rows at once
         # DFL: expected bin per side, [B, 4, A] float32
         dist = (e / e.sum(2, keepdims=True) * self.bins).sum(2).astype(np.float32, copy=False)
         x1y1, x2y2 = anchors - dist[:, :2], anchors + dist[:, 2:]
         boxes = np.concatenate(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides  # xywh, pixels
-        scores = _sigmoid(raw[:, 4 * self.reg_max:].astype(self.precision)).astype(np.float32, copy=False)
+        scores = _sigmoid(raw[:, 4 * r:].astype(self.precision)).astype(np.float32, copy=False)
         return np.concatenate((boxes, scores), 1)
 
 

@@ -19,7 +19,7 @@ from data.formats.recording import open_recording
 from data.windows import iter_windows
 from models.compress.accounting import footprint
 from models.inference import export as export_module
-from models.inference import fused_head, numpy_detect
+from models.inference import fused_head
 from models.inference.bundled import default_model_path
 from models.inference.export import export_model, fold
 from models.inference.numpy_detect import integer_branches
@@ -209,14 +209,14 @@ def test_head_codes_equal_the_float64_fake_quant_evaluation(exported):
 
 
 def test_the_unmerged_layouts_give_the_same_outputs(heads, monkeypatch):
-    """The depthwise merge is a layout choice: without it (wide inputs), both runtimes give the same outputs."""
+    """The depthwise merge is a layout choice of the torch runtime: without it (wide inputs) it gives the same outputs,
+    and those of the numpy engine (which never merges)."""
     _, path = heads[4]
     detector, windows = _windows()
     x = np.stack(_counts(detector, windows[30:32]), axis=1)
     with torch.inference_mode():
         expected, _ = Runtime.load(path)(torch.from_numpy(x))
     monkeypatch.setattr(fused_head, "MERGE_CHANNELS", 0)
-    monkeypatch.setattr(numpy_detect, "MERGE_CHANNELS", 0)
     kernels, engine = Runtime.load(path), NumpyRuntime.load(path)
     assert not kernels.fused_head.levels[0].merged
     with torch.inference_mode():

@@ -5,6 +5,7 @@ The server process gets a bootstrap (``python -c``) that puts an import blocker 
 runs the CLI's ``serve``; the blocker logs every name it refuses, so the test also sees who tried.
 """
 
+import asyncio
 import json
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.stream_client import StreamClient, dat_payloads
+from data.errors import EventValidationError
 from data.events import concat_events
 from data.formats.dat import encode_dat_records
 from data.formats.recording import open_recording
@@ -27,10 +29,12 @@ from models.inference.runtime import Runtime
 from models.inference.stream import SpikeMeter, StreamingDetector, WindowJob, step_batch
 from models.networks.checkpoint import load_detector
 from service.batching import run_isolated
+from service.inference import DetectionEngine
 from service.main import create_app, serving_model
+from service.metrics import Metrics
 from service.schemas import window_json
 from service.settings import Settings
-from service.workers import InferenceProcess
+from service.workers import InferenceProcess, RemoteState
 from tests.conftest import REPO
 from tests.helpers import SAMPLE
 from tests.service_support import serve_process
@@ -228,30 +232,68 @@ def test_concurrent_streams_on_the_numpy_engine_get_what_each_gets_alone(spq, ev
 
 
 def test_an_inference_process_gives_what_the_server_process_gives(spq, events, tmp_path):
-    """Windows sent to an inference process (as plain data: sensor, thresholds, events, state) come back with the
-    boxes, states and firing rates that run_isolated gives in-process; a job that cannot run fails alone, and a
-    model that does not load fails the start."""
+    """Windows sent to an inference process (as plain data: sensor, thresholds, events and their stream's key) come
+    back with the boxes and firing rates that run_isolated gives in-process, the process carrying each stream's state
+    from one window to the next (a released key starts afresh, never shipping a state); a job that cannot run fails
+    alone, and a model that does not load fails the start."""
     engine = NumpyRuntime.load(spq)
     detectors = [StreamingDetector(engine, conf_thres=c).for_sensor(304, 240) for c in (0.25, 0.05)]
     windows = list(iter_windows([events], detectors[0].window_us))[28:31]
-    state = run_isolated([WindowJob(detectors[0], windows[0].events, windows[0].t_start)])[0][1]
-    jobs = [WindowJob(detectors[0], windows[1].events, windows[1].t_start, state),
-            WindowJob(detectors[1], windows[2].events, windows[2].t_start),
-            WindowJob(detectors[1], windows[2].events, windows[2].t_start, {"bad": np.zeros(1, np.int8)})]
+    first = run_isolated([WindowJob(detectors[0], windows[0].events, windows[0].t_start)])[0]
+    expected = [first, *run_isolated([WindowJob(detectors[0], windows[1].events, windows[1].t_start, first[1]),
+                                      WindowJob(detectors[1], windows[2].events, windows[2].t_start)])]
+    a, b, c = (RemoteState(0, key) for key in (7, 8, 9))
     process = InferenceProcess(spq, True, "numpy")
     try:
         process.wait_ready()
-        got = process.run(jobs)
+        got = process.run([WindowJob(detectors[0], windows[0].events, windows[0].t_start, a),
+                           WindowJob(detectors[1], windows[2].events, windows[2].t_start, b),
+                           WindowJob(detectors[1], windows[2].events, windows[0].t_start, c)])  # events off the window
+        process.release(b.key)
+        got += process.run([WindowJob(detectors[0], windows[1].events, windows[1].t_start, a),
+                            WindowJob(detectors[1], windows[2].events, windows[2].t_start, b)])
     finally:
         process.close()
-    expected = run_isolated(jobs)
-    for (boxes, new_state, rate), (ref_boxes, ref_state, ref_rate) in zip(got[:2], expected[:2], strict=True):
-        assert rate == ref_rate and all(np.array_equal(new_state[k], ref_state[k]) for k in ref_state)
+    assert isinstance(got.pop(2), EventValidationError)
+    for (boxes, state, rate), (ref_boxes, _, ref_rate) in zip(got, [expected[0], expected[2], *expected[1:]],
+                                                               strict=True):
+        assert isinstance(state, RemoteState) and rate == ref_rate
         assert len(boxes) == len(ref_boxes) and np.allclose(boxes["x"], ref_boxes["x"], atol=1e-3)
-    assert isinstance(got[2], ValueError) and isinstance(expected[2], ValueError)
+    assert [state for _, state, _ in got] == [a, b, a, b]
     broken = InferenceProcess(tmp_path / "missing.spq", True, "numpy")
     try:
         with pytest.raises(FileNotFoundError):
             broken.wait_ready()
     finally:
         broken.close()
+
+
+def test_a_stream_stays_in_the_inference_process_that_holds_its_state(spq, events):
+    """With inference processes a session holds a key, not a state: a new stream goes to the process with the fewest
+    streams and stays there; a released stream frees its place, and its key starts afresh nowhere (keys are never
+    reused); every window gives the boxes and firing rate of the stream run alone in-process."""
+    windows = list(iter_windows([events], 50_000))[28:31]
+
+    async def run() -> list[tuple[np.ndarray, object, float]]:
+        engine = DetectionEngine(NumpyRuntime.load(spq), spq, 2, Metrics(), 8, (True, "numpy"))
+        try:
+            detector = engine.detector(304, 240, 0.25)
+            firsts = await asyncio.gather(*(engine.step(detector, windows[0].events, windows[0].t_start, None)
+                                            for _ in range(3)))
+            assert [state.process for _, state, _ in firsts] == [0, 1, 0]
+            second = await engine.step(detector, windows[1].events, windows[1].t_start, firsts[0][1])
+            engine.release(firsts[1][1])
+            fresh = await engine.step(detector, windows[0].events, windows[0].t_start, None)
+            assert fresh[1].process == 1 and fresh[1].key not in {state.key for _, state, _ in firsts}
+            return [*firsts, second, fresh]
+        finally:
+            engine.close()
+
+    got = asyncio.run(run())
+    assert got[3][1] == got[0][1]  # the stream kept its place
+    detector = StreamingDetector(NumpyRuntime.load(spq)).for_sensor(304, 240)
+    first = run_isolated([WindowJob(detector, windows[0].events, windows[0].t_start)])[0]
+    second = run_isolated([WindowJob(detector, windows[1].events, windows[1].t_start, first[1])])[0]
+    for (boxes, _, rate), (ref_boxes, _, ref_rate) in zip(got, [first] * 3 + [second, first], strict=True):
+        assert rate == ref_rate and len(boxes) == len(ref_boxes)
+        assert np.allclose(boxes["x"], ref_boxes["x"], atol=1e-3)
