@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from models.inference.runtime import ReferenceOps, Runtime, State
+from models.inference.spq import ExportFormatError
 from models.networks.detector import DetectorConfig
 
 OPSET = 17
@@ -49,7 +50,14 @@ class _Step(nn.Module):
 
 
 def export_onnx(runtime: Runtime, path: str | os.PathLike[str]) -> Path:
-    """Write the batch-1 single step of ``runtime`` to ``path`` (needs the ``onnx`` package)."""
+    """Write the batch-1 single step of ``runtime`` to ``path`` (needs the ``onnx`` package).
+
+    Raises :class:`ExportFormatError` for a model with channel gates, before writing anything: a traced step would
+    freeze one window's channel masks into the graph."""
+    gated = [node.name for node in runtime.graph.of_kind("gated_conv")]
+    if gated:
+        raise ExportFormatError(f"a model with channel gates ({', '.join(gated)}) has no ONNX step: its gates decide "
+                                "per window, which a traced graph cannot; serve its .spq instead")
     import onnx
 
     path = Path(path)

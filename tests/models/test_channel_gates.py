@@ -9,7 +9,9 @@ from models.compress.accounting import FlopsCounter
 from models.compress.prune import ChannelMasks, channel_groups, remove_channels
 from models.inference.export import export_model, fold, read_spq
 from models.inference.numpy_runtime import NumpyRuntime
+from models.inference.onnx_step import export_onnx
 from models.inference.runtime import Runtime
+from models.inference.spq import ExportFormatError
 from models.networks.checkpoint import load_detector, save_checkpoint
 from models.networks.detector import DetectorConfig, build_detector, with_channel_gates
 from models.networks.gates import ChannelGate, gates, target_mask
@@ -263,3 +265,10 @@ def test_a_batch_of_gated_streams_equals_each_stream_alone():
         for key, codes in batch_state.items():
             for i in range(2):
                 assert (codes[i:i + 1] == alone[i][key]).all(), (name, key, i)
+
+
+def test_onnx_export_refuses_a_gated_model_before_writing(tmp_path):
+    path = tmp_path / "g.onnx"
+    with pytest.raises(ExportFormatError, match="channel gates"):
+        export_onnx(Runtime.from_model(_gated()), path)
+    assert not path.exists()
