@@ -12,6 +12,8 @@ Contenders, all at the Gen1 input (304×240, padded to 320×256), T = 5 bins of 
 * ``integer-numpy`` (and ``integer-pruned-numpy``, ``integer-head-numpy``): the same exported models on the torch-free
   runtime (:class:`models.inference.numpy_runtime.NumpyRuntime`, numpy + numba) with its numpy NMS — what serving
   without torch runs; ``speedup_vs_torch_runtime`` compares each with its torch-runtime row of the same run;
+* ``--model NAME=PATH`` (repeatable): any other checkpoint on the torch-free runtime, row ``NAME`` (e.g. two
+  fine-tunes that differ in their firing rates);
 * ``integer-onnxrt``: the integer runtime's exported ONNX step run by ONNX Runtime (when onnx and onnxruntime are
   installed);
 * ``yolov8n``: ultralytics YOLOv8n (``DetectionModel('yolov8n.yaml', ch=10, nc=2)``, Conv+BN fused) reading the
@@ -24,8 +26,8 @@ window to window as in a stream. Contenders run round-robin (one window each per
 them alike; medians and p99 over the rounds are reported. Each SNN's Detect head is also timed alone in every
 round (``head_ms``: the head on the measured window's firing rates, as its network stage runs it).
 
-Run: ``python benchmarks/latency.py [--rounds 100] [--threads 2] [--pruned CKPT] [--out JSON]`` (writes
-``benchmarks/results/latency.json`` by default and prints a table).
+Run: ``python benchmarks/latency.py [--rounds 100] [--threads 2] [--pruned CKPT] [--model NAME=CKPT ...]
+[--out JSON]`` (writes ``benchmarks/results/latency.json`` by default and prints a table).
 """
 
 from __future__ import annotations
@@ -195,8 +197,9 @@ def busy_window(bins: int) -> tuple[Window, list[Window]]:
     return windows[index], windows[:index]
 
 
-def contenders(pruned: Path | None, calibration: list[Window]) -> list[Contender]:
-    """Every pipeline (the integer head's activation scales calibrated on ``calibration``)."""
+def contenders(pruned: Path | None, calibration: list[Window], extra: dict[str, Path]) -> list[Contender]:
+    """Every pipeline (the integer head's activation scales calibrated on ``calibration``); ``extra`` checkpoints
+    on the torch-free runtime, by row name."""
     fake_quant = full_resolution(BUNDLED_MODEL)
     integer_head_model = integer_head(fake_quant, calibration)
     models: dict[str, Any] = {
@@ -221,6 +224,9 @@ def contenders(pruned: Path | None, calibration: list[Window]) -> list[Contender
     out.append(Contender("yolov8n", StreamingDetector(fake_quant), yolov8n(fake_quant.config.bins)))
     out += [NumpyContender(name, StreamingDetector(models[name.removesuffix("-numpy")]), engine)
             for name, engine in engines.items()]
+    for name, path in extra.items():
+        model = full_resolution(path)
+        out.append(NumpyContender(name, StreamingDetector(model), NumpyRuntime(*fold(model))))
     return out
 
 
@@ -235,11 +241,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2: this machine)")
     parser.add_argument("--pruned", type=Path, default=None, help="a pruned spquant checkpoint (from spquant prune)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=CKPT",
+                        help="also run this checkpoint on the torch-free runtime, as row NAME (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    extra = dict(spec.rsplit("=", 1) for spec in args.model if "=" in spec)
+    if len(extra) != len(args.model):
+        parser.error("--model takes NAME=CKPT")
     torch.set_num_threads(args.threads)
     window, history = busy_window(5)
-    pipelines = contenders(args.pruned, history[-20:])
+    pipelines = contenders(args.pruned, history[-20:], {name: Path(path) for name, path in extra.items()})
     torch.set_num_threads(args.threads)  # the ONNX export may have changed it
     for pipeline in pipelines:
         for previous in history[-5:]:  # warm-up, and a state carried from the stream

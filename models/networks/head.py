@@ -21,7 +21,13 @@ def detect_head(in_channels: int, levels: int, class_names: Sequence[str], reg_m
     ``head{k}.cls.{0,1}`` from ``widths``, its convs fake-quantized by ``quant`` (none at 32 bits) and, with
     ``act_bits`` > 0, every hidden Conv-BN-SiLU's activation quantized (:class:`QuantSiLU`): an integer head."""
     nc = len(class_names)
-    head = Detect(nc=nc, reg_max=reg_max, ch=(in_channels,) * levels)
+    # ultralytics' parse_model sets Detect.legacy class-wide when it builds a v3/v5/v8/v9 model (e.g. a YOLOv8 in the
+    # same process); our checkpoints hold the non-legacy class branch, so build it whatever that flag was left at
+    legacy, Detect.legacy = Detect.legacy, False
+    try:
+        head = Detect(nc=nc, reg_max=reg_max, ch=(in_channels,) * levels)
+    finally:
+        Detect.legacy = legacy
     for k in range(levels):
         box0, box1, cls0, cls1 = (widths[f"head{k}.{name}"] for name in ("box.0", "box.1", "cls.0", "cls.1"))
         if (box0, box1) != (head.cv2[k][0].conv.out_channels, head.cv2[k][1].conv.out_channels):

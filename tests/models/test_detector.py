@@ -7,6 +7,7 @@ from models.networks.checkpoint import CheckpointError, load_detector, read_chec
 from models.networks.detector import DetectorConfig, build_detector, requantized
 from models.networks.loss import DetectionLoss, select_images
 from models.networks.state import detach_state, reset_state, state_nbytes
+from models.networks.ultralytics_parts import Detect
 from tests.helpers import TINY, calibrated
 
 
@@ -188,3 +189,11 @@ def test_streaming_detector_maps_boxes_back_to_the_sensor():
     assert len(dets) <= 5 and np.all(dets["t"] == 50_000)
     assert np.all(dets["x"] >= 0) and np.all(dets["x"] + dets["w"] <= 1280 + 1e-3)
     assert state is not None
+
+
+def test_the_head_ignores_ultralytics_class_wide_legacy_flag(monkeypatch):
+    config = DetectorConfig(**TINY)
+    keys = set(build_detector(config).state_dict())
+    monkeypatch.setattr(Detect, "legacy", True)  # what ultralytics' parse_model leaves after it builds a YOLOv8
+    assert set(build_detector(config).state_dict()) == keys
+    assert Detect.legacy is True  # the flag is put back as it was found
