@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from models.compress.accounting import FlopsCounter
-from models.compress.prune import ChannelMasks, channel_groups, remove_channels
 from models.inference.export import export_model, fold, read_spq
 from models.inference.numpy_runtime import NumpyRuntime
 from models.inference.onnx_step import export_onnx
@@ -16,7 +15,7 @@ from models.networks.checkpoint import load_detector, save_checkpoint
 from models.networks.detector import DetectorConfig, build_detector, with_channel_gates
 from models.networks.gates import ChannelGate, gates, target_mask
 from models.networks.sparsity import ActivityPenalty, GateLoss
-from tests.models.test_prune import _every_third
+from tests.models.test_prune import _masked_then_pruned
 from tests.models.test_runtime import (
     TINY,
     _calibrated,
@@ -95,38 +94,32 @@ def test_targets_keep_the_channels_holding_the_mass():
     assert target_mask(current, 1.0).tolist() == [[1, 1, 1, 1, 0]]
 
 
-def test_the_gate_loss_teaches_the_predictors_the_targets():
-    model = _gated()
-    loss = GateLoss(model, mass=0.85, gain=1.0, budget=1.0)
+def _train_gates(model, loss, steps):
+    """``steps`` Adam steps of the gates alone on one input under ``loss``: each step's loss parts."""
     optimizer = torch.optim.Adam([p for g in gates(model) for p in g.parameters()], lr=0.05)
     model.train()
     x = _input(model.config, 1, batch=2)
     history = []
-    for _ in range(30):
+    for _ in range(steps):
         model(x)
         total, parts = loss()
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        history.append(float(parts[0]))
-    assert history[-1] < 0.7 * history[0]
+        history.append(parts.tolist())
+    return history
+
+
+def test_the_gate_loss_teaches_the_predictors_the_targets():
+    model = _gated()
+    bce = [parts[0] for parts in _train_gates(model, GateLoss(model, mass=0.85, gain=1.0, budget=1.0), 30)]
+    assert bce[-1] < 0.7 * bce[0]
     assert all(not g.records for g in gates(model))
 
 
 def test_the_budget_term_pushes_the_kept_share_down():
     model = _gated()
-    loss = GateLoss(model, gain=0.0, budget=0.2, budget_gain=10.0)
-    optimizer = torch.optim.Adam([p for g in gates(model) for p in g.parameters()], lr=0.05)
-    model.train()
-    x = _input(model.config, 1, batch=2)
-    kept = []
-    for _ in range(20):
-        model(x)
-        total, parts = loss()
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        kept.append(float(parts[2]))
+    kept = [parts[2] for parts in _train_gates(model, GateLoss(model, gain=0.0, budget=0.2, budget_gain=10.0), 20)]
     assert kept[-1] < kept[0] and kept[-1] <= 0.3
 
 
@@ -231,15 +224,8 @@ def test_the_activity_penalty_lowers_the_firing_rate():
 
 def test_static_pruning_slices_the_gates_and_equals_the_masked_model():
     model = _gated()
-    removed = _every_third(model)
     x0, x1 = _input(model.config, 5, batch=2), _input(model.config, 6, batch=2)
-    with ChannelMasks(model) as masks, torch.no_grad():
-        masks.set_removed(removed)
-        _, state = model(x0)
-        masked, _ = model(x1, state)
-    gone = set(removed)
-    keep = {name: [c for c in range(g.width) if (name, c) not in gone] for name, g in channel_groups(model).items()}
-    pruned = remove_channels(model, keep)
+    masked, _, _, pruned = _masked_then_pruned(model, x0, x1)
     assert pruned.config.channel_gates and pruned.config.pruned
     for node in pruned.graph.of_kind("gated_conv"):
         conv, gate = node.module.conv, node.module.gate

@@ -43,21 +43,27 @@ def _every_third(model):
     return [(name, c) for name, g in channel_groups(model).items() for c in range(0, g.width, 3)]
 
 
-@pytest.mark.parametrize(
-    "variant, scale", [("spquant", "n"), ("baseline", "n"), ("spquant", "m")]  # m: identity-shortcut blocks
-)
-def test_removal_equals_the_masked_model(variant, scale):
-    cfg = DetectorConfig(variant=variant, scale=scale, **TINY)
-    model = _calibrated(cfg)
+def _masked_then_pruned(model, x0, x1):
+    """Every third channel removed from ``model`` two ways: masked (output and state on ``x1`` after ``x0``) and
+    physically: ``(masked output, masked state, kept channels per group, pruned model)``."""
     removed = _every_third(model)
-    x0, x1 = _input(cfg, 5), _input(cfg, 6)
     with ChannelMasks(model) as masks, torch.no_grad():
         masks.set_removed(removed)
         _, state = model(x0)
         masked, masked_state = model(x1, state)
     gone = set(removed)
     keep = {name: [c for c in range(g.width) if (name, c) not in gone] for name, g in channel_groups(model).items()}
-    pruned = remove_channels(model, keep)
+    return masked, masked_state, keep, remove_channels(model, keep)
+
+
+@pytest.mark.parametrize(
+    "variant, scale", [("spquant", "n"), ("baseline", "n"), ("spquant", "m")]  # m: identity-shortcut blocks
+)
+def test_removal_equals_the_masked_model(variant, scale):
+    cfg = DetectorConfig(variant=variant, scale=scale, **TINY)
+    model = _calibrated(cfg)
+    x0, x1 = _input(cfg, 5), _input(cfg, 6)
+    masked, masked_state, keep, pruned = _masked_then_pruned(model, x0, x1)
     with torch.no_grad():
         _, state = pruned(x0)
         out, pruned_state = pruned(x1, state)
