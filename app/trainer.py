@@ -62,7 +62,7 @@ ARCHITECTURE_KEYS = ("variant", "scale", "bins", "window_us", "cutoff", "input_w
 
 def detector_config_from(config: dict[str, Any]) -> DetectorConfig:
     """The architecture and quantization part of a training config."""
-    values = {key: config[key] for key in ARCHITECTURE_KEYS if key in config}  # resumed runs may predate a key
+    values = {key: config[key] for key in ARCHITECTURE_KEYS}
     quantization = {key: config[key] for key in QUANTIZATION_FIELDS if config.get(key) is not None}
     return DetectorConfig(**{**values, **quantization, "membrane_lb": float(values["membrane_lb"]),
                              "leak": float(values["leak"])})
@@ -190,10 +190,10 @@ class Trainer:
         if self.world_size > 1:
             self.unroll = nn.parallel.DistributedDataParallel(self.unroll)
         self.loss = DetectionLoss(self.model, config["box_gain"], config["cls_gain"], config["dfl_gain"])
-        self.gate_loss = (GateLoss(self.model, config.get("mask_mass", 0.85), config.get("mask_gain", 1.0),
-                                   config.get("mask_budget", 1.0), config.get("mask_budget_gain", 1.0))
+        self.gate_loss = (GateLoss(self.model, config["mask_mass"], config["mask_gain"], config["mask_budget"],
+                                   config["mask_budget_gain"])
                           if self.detector_config.channel_gates else None)
-        activity = config.get("activity_gain", 0.0)
+        activity = config["activity_gain"]
         self.activity = ActivityPenalty(self.model, activity) if activity > 0 else None
 
     def _build_teacher(self, teacher: SpikingYOLO | None) -> None:
@@ -248,7 +248,7 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         if gate_params:  # fresh predictors on a trained network: they must learn within a short fine-tune
             groups.append({"params": gate_params, "weight_decay": 0.0,
-                           "lr": self.config["lr"] * self.config.get("mask_lr_gain", 1.0)})
+                           "lr": self.config["lr"] * self.config["mask_lr_gain"]})
         return torch.optim.AdamW(groups, lr=self.config["lr"])
 
     def _build_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
