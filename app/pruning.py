@@ -30,7 +30,8 @@ INHERITED_KEYS = ("batch", "seq_len", "weight_decay", "ema_decay", "grad_clip", 
 class PruneSettings:
     """How to prune (``spquant prune`` options)."""
 
-    target_flops_reduction: float
+    target_flops_reduction: float | None = None  # dense / executed FLOPs to reach …
+    target_mflops: float | None = None  # … or executed MFLOPs per window to reach (exactly one of the two)
     finetune_epochs: int = 3
     calibration_windows: int = 400
     floor: float = 0.25
@@ -52,8 +53,12 @@ class PruneSettings:
     activity_gain: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.target_flops_reduction < 1:
+        if (self.target_flops_reduction is None) == (self.target_mflops is None):
+            raise ValueError("give exactly one of --target-flops-reduction and --target-mflops")
+        if self.target_flops_reduction is not None and self.target_flops_reduction < 1:
             raise ValueError(f"--target-flops-reduction must be >= 1, got {self.target_flops_reduction}")
+        if self.target_mflops is not None and self.target_mflops <= 0:
+            raise ValueError(f"--target-mflops must be > 0, got {self.target_mflops}")
         if self.finetune_epochs < 0:
             raise ValueError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
         if not 0 < self.ramp <= 1:
@@ -76,6 +81,7 @@ class PruneResult:
         """Plain-data record stored in the checkpoint (``prune`` entry)."""
         return {
             "target_flops_reduction": self.plan.target_reduction,
+            "target_mflops": self.plan.flops_dense / self.plan.target_reduction / 1e6,
             "estimated_flops_reduction": self.plan.estimated_reduction,
             "estimated_flops_reduction_unpruned": self.plan.flops_dense / self.plan.flops_before,
             "removed_channels": len(self.plan.order),
@@ -98,7 +104,7 @@ def prune_detector(
     train_config: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> PruneResult:
-    """Prune ``model`` toward ``settings.target_flops_reduction`` using the recordings under ``data``.
+    """Prune ``model`` toward the settings' executed-FLOPs target using the recordings under ``data``.
 
     ``train_config`` is the checkpoint's training config (batch, augmentation, …), inherited by the fine-tuning.
     """
@@ -109,8 +115,9 @@ def prune_detector(
     calibration = channel_importance(
         model, [r.events for r in list_recordings(data, "train")], settings.calibration_windows, progress
     )
+    target_flops = None if settings.target_mflops is None else settings.target_mflops * 1e6
     plan = plan_pruning(model, calibration, settings.target_flops_reduction, settings.floor,
-                        cost_weight=settings.cost_weight)
+                        cost_weight=settings.cost_weight, target_flops=target_flops)
     seconds["calibrate_and_plan"] = round(time.perf_counter() - start, 1)
     if settings.finetune_epochs == 0:
         return PruneResult(remove_channels(model, plan.keep()).eval(), plan, None, seconds, None)

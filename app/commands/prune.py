@@ -1,4 +1,4 @@
-"""``spquant prune [--model PATH] --data ROOT --target-flops-reduction R [--finetune-epochs E] --out PATH``.
+"""``spquant prune [--model PATH] --data ROOT (--target-flops-reduction R | --target-mflops M) --out PATH``.
 
 Channel pruning with the membrane-potential prior: calibrate on the training split, rank channels globally toward the
 FLOPs target, fine-tune with gradually growing masks, remove the channels physically and save a smaller checkpoint
@@ -24,8 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_option(parser)
     parser.add_argument("--data", type=Path, required=True, help="Gen1-layout root: train/ calibrates and fine-tunes")
-    parser.add_argument("--target-flops-reduction", type=float, required=True, metavar="R",
-                        help="dense FLOPs / effective FLOPs to reach (e.g. 5)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-flops-reduction", type=float, metavar="R",
+                        help="dense FLOPs / executed FLOPs to reach (e.g. 5)")
+    target.add_argument("--target-mflops", type=float, metavar="M",
+                        help="executed MFLOPs per window to reach (e.g. a smaller model's, from `spquant report`)")
     parser.add_argument("--finetune-epochs", type=int, default=3, metavar="E", help="0 = one-shot removal")
     parser.add_argument("--out", type=Path, required=True, help="where to write the pruned checkpoint (.pt)")
     parser.add_argument("--head-bits", type=int, default=None,
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = PruneSettings(
         target_flops_reduction=args.target_flops_reduction,
+        target_mflops=args.target_mflops,
         finetune_epochs=args.finetune_epochs,
         calibration_windows=args.calibration_windows,
         floor=args.floor,
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         measured = summary["measured"]
         print(f"pruned {summary['removed_channels']} channels: params {measured['params']}, "
               f"executed FLOPs {measured['flops_executed'] / 1e6:.1f} M/window "
-              f"({measured['flops_reduction']:.2f}x less than dense; target {args.target_flops_reduction}), "
+              f"({measured['flops_reduction']:.2f}x less than dense; target {summary['target_flops_reduction']:.2f}x, "
+              f"{summary['target_mflops']:.1f} M), "
               f"memory {measured['memory_reduction']:.1f}x less than FP32")
         if "metrics" in summary:
             m = summary["metrics"]

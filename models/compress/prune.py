@@ -9,9 +9,10 @@ FPN width (the top-down sum ties every level), or a hidden width of the Detect h
   held inhibited scores 0. A stream is scored by the readers that integrate it (the highest prior wins); head groups,
   which have no membrane, by their mean absolute activation. Scores are divided by their group's mean, so groups of
   different sizes and scales rank on one scale.
-- **Plan** (:func:`plan_pruning`): global greedy ranking until the estimated effective FLOPs (the cost model below)
-  reach ``dense / target``, never narrowing a group below its floor. The key trades importance against the FLOPs a
-  channel costs (``cost_weight`` 0 = importance only).
+- **Plan** (:func:`plan_pruning`): global greedy ranking until the estimated executed FLOPs (the cost model below,
+  counted as the accounting and the runtimes count them) reach ``dense / target`` or an absolute FLOPs goal, never
+  narrowing a group below its floor. The key trades importance against the FLOPs a channel costs (``cost_weight``
+  0 = importance only).
 - **Masks** (:class:`ChannelMasks`): hooks that zero a group's channels where its readers take them in (the input
   current of each reading LIF, the output of head layers), so a masked model computes exactly what the pruned one
   will; used while fine-tuning with a gradual schedule.
@@ -154,11 +155,11 @@ class _Term:
 
 
 class CostModel:
-    """Effective FLOPs per window as a function of group widths: each layer's measured active fraction × its count.
+    """Executed FLOPs per window as a function of group widths, counted as :attr:`LayerCount.executed` counts them.
 
-    Conv: ``positions · k² · C_in/g · C_out``; membrane: ``neurons · steps``; both times the share of work the layer
-    did on the calibration windows (gated positions, non-zero states). ``dense`` is the same sum at the scale's
-    unpruned widths with nothing skipped.
+    Conv: ``positions · k² · C_in/g · C_out`` at every position (times the kept share of a gated conv's channels);
+    membrane: ``neurons · steps`` times the share of non-zero states on the calibration windows. ``dense`` is the same
+    sum at the scale's unpruned widths with nothing skipped.
     """
 
     def __init__(self, model: SpikingYOLO, layers: Sequence[LayerCount]) -> None:
@@ -182,7 +183,9 @@ class CostModel:
             else:
                 continue
             self.dense_terms.append(term)
-            self.terms.append(dataclasses.replace(term, coef=term.coef * count.active_fraction))
+            # a CPU runtime computes every conv position but updates only the non-zero membrane states
+            share = count.kept_fraction if isinstance(module, nn.Conv2d) else count.active_fraction
+            self.terms.append(dataclasses.replace(term, coef=term.coef * share))
         self.widths = model.config.widths()
         self.dense = self._sum(self.dense_terms, dataclasses.replace(model.config, channels=()).widths())
 
@@ -192,7 +195,7 @@ class CostModel:
                    * (widths[t.out_group] if t.out_group else t.out_fixed) for t in terms)
 
     def flops(self, widths: Mapping[str, int]) -> float:
-        """Estimated effective FLOPs per window at ``widths``."""
+        """Estimated executed FLOPs per window at ``widths``."""
         return self._sum(self.terms, widths)
 
     def saving(self, group: str, widths: Mapping[str, int]) -> float:
@@ -213,13 +216,13 @@ class PrunePlan:
     order: list[tuple[str, int]]  # (group, channel index), least useful first
     widths: dict[str, int]  # before
     flops_dense: float
-    flops_before: float  # estimated effective FLOPs of the unpruned model
-    flops_after: float  # estimated effective FLOPs once ``order`` is removed
+    flops_before: float  # estimated executed FLOPs of the unpruned model
+    flops_after: float  # estimated executed FLOPs once ``order`` is removed
     target_reduction: float
 
     @property
     def estimated_reduction(self) -> float:
-        """Dense FLOPs over the estimated effective FLOPs after pruning."""
+        """Dense FLOPs over the estimated executed FLOPs after pruning."""
         return self.flops_dense / self.flops_after
 
     def removed(self, fraction: float = 1.0) -> list[tuple[str, int]]:
@@ -241,20 +244,26 @@ class PrunePlan:
 def plan_pruning(
     model: SpikingYOLO,
     calibration: Calibration,
-    target_reduction: float,
+    target_reduction: float | None = None,
     floor: float = 0.25,
     min_channels: int = 2,
     cost_weight: float = 1.0,
+    target_flops: float | None = None,
 ) -> PrunePlan:
-    """Rank channels globally and remove them until effective FLOPs ≤ dense / ``target_reduction``.
+    """Rank channels globally and remove them until executed FLOPs ≤ dense / ``target_reduction`` (or ≤
+    ``target_flops`` per window, e.g. another model's executed count; exactly one of the two).
 
     Each step removes, among the groups still above their floor (``max(min_channels, ceil(floor · unpruned
     width))``), the least important remaining channel by ``importance / (saving / mean saving) ** cost_weight``,
     where ``saving`` is the FLOPs its removal saves now. Stops early (with a plan short of the target) when every
     group sits at its floor.
     """
-    if target_reduction < 1:
+    if (target_reduction is None) == (target_flops is None):
+        raise ValueError("give exactly one of a target FLOPs reduction and a target FLOPs count")
+    if target_reduction is not None and target_reduction < 1:
         raise ValueError(f"target FLOPs reduction must be >= 1, got {target_reduction}")
+    if target_flops is not None and target_flops <= 0:
+        raise ValueError(f"target FLOPs must be > 0, got {target_flops}")
     if not 0 < floor <= 1:
         raise ValueError(f"floor must be in (0, 1], got {floor}")
     cost = CostModel(model, calibration.layers)
@@ -263,7 +272,7 @@ def plan_pruning(
     floors = {n: min(widths[n], max(min_channels, math.ceil(floor * dense_widths[n]))) for n in widths}
     queues = {n: torch.argsort(calibration.importance[n], stable=True).tolist() for n in widths}
     flops_before = flops = cost.flops(widths)
-    goal = cost.dense / target_reduction
+    goal = target_flops if target_flops is not None else cost.dense / target_reduction
     order: list[tuple[str, int]] = []
     while flops > goal:
         savings = {n: cost.saving(n, widths) for n in widths if widths[n] > floors[n]}
@@ -275,7 +284,7 @@ def plan_pruning(
         order.append((name, queues[name].pop(0)))
         widths[name] -= 1
         flops = cost.flops(widths)
-    return PrunePlan(order, dict(cost.widths), cost.dense, flops_before, flops, target_reduction)
+    return PrunePlan(order, dict(cost.widths), cost.dense, flops_before, flops, cost.dense / goal)
 
 
 class ChannelMasks:

@@ -14,6 +14,7 @@ from data.formats.labels import read_labels
 from models.compress.accounting import static_counts
 from models.compress.prune import (
     ChannelMasks,
+    CostModel,
     _narrow_output,
     channel_groups,
     channel_importance,
@@ -146,6 +147,36 @@ def test_plan_reaches_its_estimate_and_respects_floors():
         plan_pruning(model, calibration, 0.5)
 
 
+def test_plan_counts_executed_flops_as_the_accounting_does():
+    """The planner's cost model is the accounting's executed count: every conv position, non-zero membrane states."""
+    cfg = DetectorConfig(**TINY)
+    model = _calibrated(cfg)
+    calibration = channel_importance(model, [SAMPLE], max_windows=4)
+    cost = CostModel(model, calibration.layers)
+    executed = sum(layer.executed for layer in calibration.layers if layer.positions)
+    effective = sum(layer.effective for layer in calibration.layers if layer.positions)
+    assert cost.flops(cfg.widths()) == pytest.approx(executed, rel=1e-9)
+    assert executed > effective  # skipped positions are not credited
+
+
+def test_plan_toward_an_absolute_flops_goal():
+    cfg = DetectorConfig(**TINY)
+    model = _calibrated(cfg)
+    calibration = channel_importance(model, [SAMPLE], max_windows=4)
+    by_factor = plan_pruning(model, calibration, 3.0)
+    goal = by_factor.flops_dense / 3.0
+    by_count = plan_pruning(model, calibration, target_flops=goal)
+    assert by_count.order == by_factor.order and by_count.target_reduction == pytest.approx(3.0)
+    assert by_count.flops_after <= goal < by_count.flops_before
+    assert plan_pruning(model, calibration, target_flops=by_count.flops_before * 2).order == []  # already below
+    with pytest.raises(ValueError, match="exactly one"):
+        plan_pruning(model, calibration, 3.0, target_flops=goal)
+    with pytest.raises(ValueError, match="exactly one"):
+        plan_pruning(model, calibration)
+    with pytest.raises(ValueError, match="> 0"):
+        plan_pruning(model, calibration, target_flops=0.0)
+
+
 def test_cubic_ramp():
     values = [cubic_ramp(step, 10) for step in range(15)]
     assert values[0] == 0 and values[10:] == [1.0] * 5
@@ -204,6 +235,13 @@ def test_prune_rejects_bad_input(tiny_run, capsys):
     assert main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "2", "--distill", "-1",
                  "--out", str(root / "x.pt")]) == 2
     assert "--distill must be >= 0" in capsys.readouterr().err
+    assert main(["prune", "--model", model, "--data", str(data), "--target-mflops", "-3",
+                 "--out", str(root / "x.pt")]) == 2
+    assert "--target-mflops must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: the two targets exclude each other
+        main(["prune", "--model", model, "--data", str(data), "--target-flops-reduction", "2", "--target-mflops", "1",
+              "--out", str(root / "x.pt")])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 def test_one_shot_prune_without_fine_tuning(tiny_run, capsys):
@@ -215,6 +253,14 @@ def test_one_shot_prune_without_fine_tuning(tiny_run, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["run_dir"] is None and "metrics" not in summary and summary["removed_channels"] > 0
     assert load_detector(out).config.widths() == summary["widths_after"]
+    # the same goal given as executed MFLOPs per window
+    assert main(["prune", "--model", str(root / "t" / "weights" / "best.pt"), "--data", str(data),
+                 "--target-mflops", str(summary["target_mflops"]), "--finetune-epochs", "0",
+                 "--calibration-windows", "10", "--eval-split", "none", "--out", str(root / "by_count.pt"),
+                 "--json"]) == 0
+    by_count = json.loads(capsys.readouterr().out)
+    assert by_count["target_flops_reduction"] == pytest.approx(4.0)
+    assert by_count["widths_after"] == summary["widths_after"]
 
 
 def test_prune_with_channel_gates_combines_static_and_dynamic_sparsity(tiny_run, capsys):
