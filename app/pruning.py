@@ -3,8 +3,11 @@
 Fine-tuning reuses :class:`app.trainer.Trainer` (same streams, loss, EMA and run folder) on the full-width model
 with :class:`models.compress.prune.ChannelMasks` hooks; the share of the plan that is masked grows with a cubic
 schedule over the first ``ramp`` of the steps (fast early, gentle late, as in gradual magnitude pruning), then the
-remaining steps train at the final masks. The EMA weights are pruned physically at the end. The run folder's
-``best.pt``/``last.pt`` hold the full-width masked weights of the fine-tuning (a record, not the pruned model). """
+remaining steps train at the final masks. At the first epoch end with every mask on, the trainer narrows to the
+pruned model (weights, AdamW moments, schedule and EMA sliced alike: the same steps at the pruned model's cost); a
+fine-tune whose masks complete only in its last epoch prunes the EMA weights physically at the end. The run folder's
+``best.pt``/``last.pt`` hold the full-width masked weights until the narrowing, the pruned ones after it.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +79,8 @@ class PruneResult:
     run_dir: Path | None
     seconds: dict[str, float]
     train_config: dict[str, Any] | None
+    narrowed_after_epochs: int | None = None  # fine-tuning epochs at full width before the trainer narrowed
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # per fine-tuning epoch, validation included
 
     def summary(self) -> dict[str, Any]:
         """Plain-data record stored in the checkpoint (``prune`` entry)."""
@@ -89,6 +94,8 @@ class PruneResult:
             "widths_after": self.plan.kept_widths(),
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "seconds": self.seconds,
+            "narrowed_after_epochs": self.narrowed_after_epochs,
+            "epoch_seconds": self.epoch_seconds,
         }
 
 
@@ -130,10 +137,13 @@ def prune_detector(
     masks = ChannelMasks(model)
     trainer: Trainer | None = None
     masked = 0
+    narrowed_after: int | None = None  # epochs trained at full width with masks
 
     def on_step(step: int) -> None:
         nonlocal masked
         assert trainer is not None
+        if narrowed_after is not None:
+            return
         removed = plan.removed(cubic_ramp(step, round(settings.ramp * trainer.steps_per_epoch * config["epochs"])))
         if len(removed) != masked:
             masks.set_removed(removed)  # also zeroes the training model's weights that read masked channels
@@ -143,15 +153,28 @@ def prune_detector(
         if trainer.ema is not None:
             masks.zero_weights(trainer.ema.ema)
 
-    trainer = Trainer(config, progress=progress, model=model.train(), on_step=on_step, teacher=teacher)
+    def on_epoch(epochs_done: int) -> None:
+        nonlocal narrowed_after
+        assert trainer is not None
+        # once every mask is on, the masked channels are dead weight: train the pruned model from here on
+        if narrowed_after is None and masked == len(plan.order) and epochs_done < config["epochs"]:
+            masks.close()
+            trainer.narrow(plan.keep())
+            narrowed_after = epochs_done
+
+    trainer = Trainer(config, progress=progress, model=model.train(), on_step=on_step, teacher=teacher,
+                      on_epoch=on_epoch)
     trainer.fit()
-    masks.set_removed(plan.removed())
-    final = trainer.eval_model
-    masks.zero_weights(final)
-    masks.close()
-    pruned = remove_channels(final, plan.keep()).eval()
+    if narrowed_after is None:
+        masks.set_removed(plan.removed())
+        masks.zero_weights(trainer.eval_model)
+        masks.close()
+        pruned = remove_channels(trainer.eval_model, plan.keep()).eval()
+    else:
+        pruned = trainer.eval_model.eval()
     seconds["finetune"] = round(time.perf_counter() - start, 1)
-    return PruneResult(pruned, plan, trainer.run_dir, seconds, config)
+    return PruneResult(pruned, plan, trainer.run_dir, seconds, config, narrowed_after,
+                       [row["seconds"] for row in trainer.history])
 
 
 def _finetune_config(model: SpikingYOLO, data: str | os.PathLike[str], settings: PruneSettings,

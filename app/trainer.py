@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from data.gen1 import RecordingFiles, list_recordings
 from data.loader import epoch_batches
 from data.sequences import SequenceStreams
 from models.compress.distill import DistillationLoss, frozen_teacher
+from models.compress.prune import remove_channels, slice_like_parameters
 from models.inference.stream import input_histogram
 from models.networks.checkpoint import load_detector, read_checkpoint, save_checkpoint
 from models.networks.detector import (
@@ -123,12 +124,14 @@ class Trainer:
 
     ``model`` starts from a given detector (its weights and architecture, e.g. a pruned one being fine-tuned) instead
     of a fresh one built from ``config``; ``on_step(steps_done)`` is called after every optimizer step (schedules such
-    as gradual pruning masks); ``teacher`` (or the config's ``teacher`` checkpoint) is distilled into the model.
+    as gradual pruning masks) and ``on_epoch(epochs_done)`` after every epoch (a pruning fine-tune narrows the model
+    there); ``teacher`` (or the config's ``teacher`` checkpoint) is distilled into the model.
     """
 
     def __init__(self, config: dict[str, Any], progress: bool = True, model: SpikingYOLO | None = None,
-                 on_step: Callable[[int], None] | None = None, teacher: SpikingYOLO | None = None) -> None:
-        self.on_step, self.progress_requested = on_step, progress
+                 on_step: Callable[[int], None] | None = None, teacher: SpikingYOLO | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> None:
+        self.on_step, self.on_epoch, self.progress_requested = on_step, on_epoch, progress
         config = self._read_resume(config)
         if not config.get("data"):
             raise ValueError("no training data: pass data=ROOT (a Gen1-layout folder, e.g. from `spquant synth`)")
@@ -263,10 +266,37 @@ class Trainer:
 
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
 
-    def _build_ema(self) -> None:
+    def _build_ema(self, updates: int = 0) -> None:
         use_ema = self.config["ema_decay"] > 0 and self.is_main  # only the main process validates and saves
-        self.ema = (ModelEMA(self.model, decay=self.config["ema_decay"], tau=max(10, self.total_steps // 20))
-                    if use_ema else None)
+        self.ema = (ModelEMA(self.model, decay=self.config["ema_decay"], tau=max(10, self.total_steps // 20),
+                             updates=updates) if use_ema else None)
+
+    def narrow(self, keep: Mapping[str, Sequence[int]]) -> None:
+        """Go on training only the ``keep`` channels of each group (:func:`remove_channels`); call between epochs.
+
+        The weights, AdamW's moments and step counts, the learning-rate schedule and the EMA are sliced alike, so the
+        steps that follow are those of the full-width model with the other channels masked (their weights are zero
+        and get no gradient), at the narrow model's cost: a pruning fine-tune narrows once its masks are final.
+        """
+        old_model, old_optimizer, old_scheduler, old_ema = self.model, self.optimizer, self.scheduler, self.ema
+        param_names = {param: name for name, param in old_model.named_parameters()}
+        old_states = {param_names[param]: state for param, state in old_optimizer.state.items()}
+        moments = {key: slice_like_parameters(old_model, keep, {name: state[key] for name, state in old_states.items()})
+                   for key in ("exp_avg", "exp_avg_sq")}
+        self._build_model(remove_channels(old_model, keep))
+        self.optimizer = self.build_optimizer()
+        for name, param in self.model.named_parameters():
+            if name in old_states:
+                self.optimizer.state[param] = {"step": old_states[name]["step"].clone(),
+                                               "exp_avg": moments["exp_avg"][name].to(param),
+                                               "exp_avg_sq": moments["exp_avg_sq"][name].to(param)}
+        self.scheduler = self._build_scheduler()
+        self.scheduler.load_state_dict(old_scheduler.state_dict())
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        self._build_ema(old_ema.updates if old_ema is not None else 0)
+        if self.ema is not None and old_ema is not None:
+            self.ema.ema = remove_channels(old_ema.ema, keep).to(self.device).eval().requires_grad_(False)
 
     def _resume(self) -> None:
         """Restore a resumed run's state and folder, or start a new run folder."""
@@ -420,6 +450,8 @@ class Trainer:
             losses = self.train_epoch(epoch)
             if not self.is_main:
                 dist.barrier()  # wait while the main process validates and saves
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch + 1)
                 continue
             metrics = self.validate()
             row = {
@@ -446,6 +478,8 @@ class Trainer:
                 + (f"  rate {losses['rate']:.4f}" if losses["rate"] is not None else "")
                 + ("  *best*" if improved else "")
             )
+            if self.on_epoch is not None:
+                self.on_epoch(epoch + 1)
         return row
 
     def _save(self, epoch: int, improved: bool, metrics: dict[str, Any]) -> None:

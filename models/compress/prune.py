@@ -381,6 +381,18 @@ def remove_channels(model: SpikingYOLO, keep: Mapping[str, Sequence[int]]) -> Sp
     return pruned.train(model.training)
 
 
+def slice_like_parameters(model: SpikingYOLO, keep: Mapping[str, Sequence[int]],
+                          tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Per-parameter tensors of ``model`` keyed by parameter name (an optimizer's moments) sliced exactly as
+    :func:`remove_channels` slices the parameters themselves, keyed by the pruned model's parameter names."""
+    shadow = copy.deepcopy(model)  # a model whose parameters hold the tensors goes through the same slicing
+    with torch.no_grad():
+        for name, param in shadow.named_parameters():
+            param.copy_(tensors[name] if name in tensors else torch.zeros_like(param))
+    return {name: param.detach() for name, param in remove_channels(shadow, keep).named_parameters()
+            if name in tensors}
+
+
 def _sliced(tensor: Tensor, index: Tensor, dim: int) -> Tensor:
     out = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
     return nn.Parameter(out, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else out

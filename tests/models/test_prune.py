@@ -277,3 +277,63 @@ def test_prune_with_channel_gates_combines_static_and_dynamic_sparsity(tiny_run,
     assert model.config.pruned and model.config.channel_gates
     for node in model.graph.of_kind("gated_conv"):
         assert node.module.gate.weight.shape == (node.module.conv.out_channels, node.module.conv.in_channels)
+
+
+def _masked_trainer(root, data, name):
+    """A trainer on the tiny run's model with every third channel masked from the first step (as a pruning
+    fine-tune's masks are once final): ``(trainer, masks, keep)``."""
+    from app.config import build_config
+    from app.trainer import Trainer
+
+    config = build_config(overrides={"data": str(data), "epochs": 2, "batch": 2, "seq_len": 2, "warmup_steps": 2,
+                                     "threads": 2, "project": str(root), "name": name, "val_recordings": 1})
+    model = load_detector(root / "t" / "weights" / "best.pt").train()
+    removed = _every_third(model)
+    masks = ChannelMasks(model)
+    trainer = Trainer(config, progress=False, model=model,
+                      on_step=lambda step: [masks.zero_weights(m) for m in (trainer.model, trainer.ema.ema)])
+    masks.set_removed(removed)
+    masks.zero_weights(trainer.ema.ema)
+    gone = set(removed)
+    keep = {name: [c for c in range(g.width) if (name, c) not in gone] for name, g in channel_groups(model).items()}
+    return trainer, masks, keep
+
+
+def test_narrowed_trainer_takes_the_masked_trainers_steps(tiny_run):
+    """Narrowing between epochs slices weights, AdamW moments, schedule and EMA: the narrow model then trains as the
+    masked full-width one does."""
+    root, data = tiny_run
+    masked, masks, keep = _masked_trainer(root, data, "masked")
+    narrow, narrow_masks, _ = _masked_trainer(root, data, "narrow")
+    for trainer in (masked, narrow):
+        trainer.train_epoch(0)
+    narrow_masks.close()
+    narrow.narrow(keep)
+    narrow.on_step = None  # nothing left to mask
+    assert narrow.model.config.widths() == {name: len(kept) for name, kept in keep.items()}
+    assert narrow.optimizer.param_groups[0]["lr"] == masked.optimizer.param_groups[0]["lr"]
+    assert narrow.ema.updates == masked.ema.updates
+    for trainer in (masked, narrow):
+        trainer.train_epoch(1)
+    expected = remove_channels(masked.model, keep).state_dict()
+    for name, value in narrow.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    expected_ema = remove_channels(masked.ema.ema, keep).state_dict()
+    for name, value in narrow.ema.ema.state_dict().items():
+        torch.testing.assert_close(value, expected_ema[name], atol=1e-5, rtol=1e-4, msg=name)
+    masks.close()
+
+
+def test_prune_fine_tune_narrows_once_masks_are_final(tiny_run, capsys):
+    root, data = tiny_run
+    out = root / "narrowed.pt"
+    assert main(["prune", "--model", str(root / "t" / "weights" / "best.pt"), "--data", str(data),
+                 "--target-flops-reduction", "3", "--finetune-epochs", "2", "--ramp", "0.1", "--calibration-windows",
+                 "10", "--threads", "2", "--project", str(root), "--eval-split", "none", "--out", str(out),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["narrowed_after_epochs"] == 1 and len(summary["epoch_seconds"]) == 2
+    run = Path(summary["run_dir"])
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header + both epochs
+    assert load_detector(run / "weights" / "last.pt").config.widths() == summary["widths_after"]
+    assert load_detector(out).config.widths() == summary["widths_after"]
