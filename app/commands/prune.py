@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -101,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     # the trainer prints a line per epoch; keep stdout one JSON object under --json
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         result = prune_detector(model, args.data, settings, payload.get("train_config"), progress)
-    summary = {"source": str(source), **result.summary()}
+    # provenance: what the pruned model started from (its own training config and file hash) and how it was pruned
+    summary = {"source": str(source), "source_sha256": hashlib.sha256(Path(source).read_bytes()).hexdigest(),
+               "source_train_config": payload.get("train_config"), "settings": dataclasses.asdict(settings),
+               **result.summary()}
     report = model_report(result.model, [r.events for r in list_recordings(args.data, "val")], 200,
                           progress=progress)
     summary["measured"] = {k: report[k] for k in ("params", "weight_bytes", "state_bytes", "memory_reduction",

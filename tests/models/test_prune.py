@@ -1,6 +1,7 @@
 """Channel pruning: masks equal removal, shapes stay consistent through residuals and the FPN, plans, CLI round trip."""
 
 import dataclasses
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -206,6 +207,11 @@ def test_prune_save_load_eval_predict_report_round_trip(tiny_run, capsys):
     assert summary["removed_channels"] > 0 and summary["measured"]["flops_reduction"] > 1.2
     payload = read_checkpoint(out)
     assert payload["detector"]["channels"] and payload["detector"]["head_bits"] == 8 and "prune" in payload
+    start = root / "t" / "weights" / "best.pt"
+    provenance = payload["prune"]
+    assert provenance["source_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
+    assert provenance["source_train_config"] == read_checkpoint(start)["train_config"]
+    assert provenance["settings"]["finetune_epochs"] == 1 and provenance["settings"]["distill_gain"] == 1
     model = load_detector(out)
     assert model.config.pruned and dataclasses.replace(model.config, channels=()).widths() != model.config.widths()
     assert main(["eval", "--model", str(out), "--data", str(data), "--split", "test", "--json",
