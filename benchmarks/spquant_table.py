@@ -13,7 +13,9 @@ target region; ``--front`` draws the trade-off front: test AP against executed M
 memory per stream, each panel with its Pareto front and the paper's target (≥ 4.7× executed FLOPs at ≤ 1.8 AP points
 below the scale's baseline; ≥ 13× memory). The summary printed last (and kept in the JSON under ``front``) names the
 best operating point at ≥ 4.7× executed FLOPs and what it costs in AP. ``--from`` redraws and reprints from a JSON
-this script wrote, without measuring.
+this script wrote, without measuring. ``--reference NAME`` measures every row against one row (a smaller scale's
+baseline: scales compared at equal executed FLOPs); ``--append JSON`` adds this run's rows to an earlier run's (each
+new row stamped ``measured_at``; a row of the same name is replaced).
 
 Run (the synthetic dataset of the README)::
 
@@ -230,11 +232,15 @@ def gating_ceiling(path: Path, data: Path, split: str, windows: int) -> dict[str
     }
 
 
-def add_reductions(rows: list[dict[str, Any]]) -> None:
-    """Give every row its reference (the first row of its scale), its reductions and its AP drop against it."""
+def add_reductions(rows: list[dict[str, Any]], reference_name: str | None = None) -> None:
+    """Give every row its reference (the row named ``reference_name``, else the first row of its scale), its
+    reductions and its AP drop against it."""
     references: dict[str, dict[str, Any]] = {}
+    named = next((row for row in rows if row["name"] == reference_name), None)
+    if reference_name is not None and named is None:
+        raise ValueError(f"no row is named {reference_name!r} (rows: {', '.join(r['name'] for r in rows)})")
     for row in rows:
-        reference = references.setdefault(row["scale"], row)
+        reference = named if named is not None else references.setdefault(row["scale"], row)
         row["reference"] = reference["name"]
         row["memory_reduction"] = reference["memory_bytes"] / row["memory_bytes"]
         row["memory_reduction_shipped"] = (None if row["shipped_bytes"] is None
@@ -251,6 +257,12 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=None, metavar="NAME=PATH",
                         help="a row (repeatable; the first of each scale is its reference); default: the three "
                         "bundled models")
+    parser.add_argument("--reference", default=None, metavar="NAME",
+                        help="the row every other is measured against (default: the first row of each scale), e.g. "
+                        "a smaller scale's baseline to compare scales at equal executed FLOPs")
+    parser.add_argument("--append", type=Path, default=None, metavar="JSON",
+                        help="start from the rows of a JSON this script wrote (kept as measured then; a --model of "
+                        "the same name replaces its row) and add the --model rows")
     parser.add_argument("--windows", type=int, default=600, help="windows measured for FLOPs (0 = all)")
     parser.add_argument("--tile", type=int, default=4, help="tile of the CPU gating check")
     parser.add_argument("--threads", type=int, default=1)
@@ -262,8 +274,7 @@ def main() -> None:
                         help="also draw the front: AP against executed FLOPs and against memory")
     args = parser.parse_args()
     if args.rows_from:
-        result = json.loads(args.rows_from.read_text())
-        rows = [{**row, "method": method_of(row)} for row in result["rows"]]
+        rows = read_rows(args.rows_from)
         front = operating_points(rows)
         print(format_table(rows))
     else:
@@ -281,16 +292,26 @@ def measure_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
                                                                                     dict[str, Any]]:
     """Measure every ``--model``, write the JSON to ``--out``, print the table and the gating checks."""
     torch.set_num_threads(args.threads)
-    rows = []
+    specs = []
     for spec in args.model or DEFAULT_MODELS:
         name, sep, path = spec.partition("=")
         if not sep:
             parser.error(f"--model takes NAME=PATH, got {spec!r}")
-        rows.append(measure(name, Path(path), args.data, args.split, args.windows))
+        specs.append((name, Path(path)))
+    earlier = read_rows(args.append) if args.append else []
+    names = {name for name, _ in specs} | {row["name"] for row in earlier}
+    if args.reference is not None and args.reference not in names:
+        parser.error(f"--reference {args.reference!r} names no row")
+    rows = [row for row in earlier if row["name"] not in {name for name, _ in specs}]
+    measured_at = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
+    for name, path in specs:
+        rows.append({**measure(name, path, args.data, args.split, args.windows), "measured_at": measured_at})
         print(f"measured {name}", flush=True)
-    gating = gating_on_cpu(Path(rows[-1]["path"]), args.data, args.split, 100, args.tile)
-    ceiling = gating_ceiling(Path(rows[0]["path"]), args.data, args.split, args.windows)
-    add_reductions(rows)
+    new_rows = rows[len(rows) - len(specs):]
+    # the gating checks run on this run's models (an appended JSON's checkpoints may be gone)
+    gating = gating_on_cpu(Path(new_rows[-1]["path"]), args.data, args.split, 100, args.tile)
+    ceiling = gating_ceiling(Path(new_rows[0]["path"]), args.data, args.split, args.windows)
+    add_reductions(rows, args.reference)
     front = operating_points(rows)
     result = {
         "data": str(args.data),
@@ -300,8 +321,10 @@ def measure_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
         "one stream's membrane state packed at the grid's bits; memory shipped = the exported .spq file + the same "
         "state; FLOPs executed per window = conv MACs over the kept channels at every position + membrane updates of "
         "non-zero states (what the runtimes run); FLOPs event-driven = the same less conv positions whose receptive "
-        "field is silent (a ceiling: what event-driven hardware could skip); reductions and AP drop against the FP32 "
-        "dense model of the first row of the same scale; method from each checkpoint's config",
+        "field is silent (a ceiling: what event-driven hardware could skip); reductions and AP drop against each "
+        "row's reference (the FP32 dense model of the first row of the same scale, or the --reference row); method "
+        "from each checkpoint's config; measured_at: when the run that measured the row began (rows without it "
+        "were measured before it was recorded)",
         "rows": rows,
         "front": front,
         "gating_cpu": gating,
@@ -318,6 +341,11 @@ def measure_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
           f"{ceiling['flops_reduction_ceiling']:.2f}x at most")
     print(f"wrote {args.out}")
     return rows, front
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON this script wrote, their method re-derived from their config fields."""
+    return [{**row, "method": method_of(row)} for row in json.loads(path.read_text())["rows"]]
 
 
 def pareto_front(points: Sequence[tuple[float, float]], tolerance: float = 0.0) -> list[int]:

@@ -99,3 +99,24 @@ def test_front_figure_is_drawn(tmp_path: Path, scales: tuple[str, ...]) -> None:
     path = tmp_path / "front.png"
     table.plot_front(rows, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_reference_compares_scales_at_equal_work(tmp_path: Path) -> None:
+    rows = _rows()
+    table.add_reductions(rows, "base n")  # every row against the smaller scale's baseline
+    assert {r["reference"] for r in rows} == {"base n"}
+    pruned_s = next(r for r in rows if r["name"] == "pruned s")
+    assert pruned_s["flops_reduction"] == pytest.approx(109.4 / 70.0)
+    assert pruned_s["AP_drop_points"] == pytest.approx(100 * (0.49 - 0.51))
+    path = tmp_path / "front.png"
+    table.plot_front(rows, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no row is named 'base m'"):
+        table.add_reductions(rows, "base m")
+
+
+def test_rows_read_back_with_their_method(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in r.items() if k != "method"} for r in _rows()]
+    path = tmp_path / "front.json"
+    path.write_text(table.json.dumps({"rows": rows}))
+    assert [r["method"] for r in table.read_rows(path)] == [r["method"] for r in _rows()]
