@@ -157,7 +157,7 @@ def prune_detector(
         nonlocal narrowed_after
         assert trainer is not None
         # once every mask is on, the masked channels are dead weight: train the pruned model from here on
-        if narrowed_after is None and masked == len(plan.order) and epochs_done < config["epochs"]:
+        if narrowed_after is None and plan.order and masked == len(plan.order) and epochs_done < config["epochs"]:
             masks.close()
             trainer.narrow(plan.keep())
             narrowed_after = epochs_done
