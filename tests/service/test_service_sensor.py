@@ -89,7 +89,7 @@ def test_the_sensor_survives_checkpoint_and_export(tmp_path):
 
 
 def test_the_bundled_models_record_gen1s_sensor():
-    for name in ("spquant-n", "baseline-n", "spquant-n-pruned"):
+    for name in ("spquant-n", "baseline-n", "spquant-n-pruned", "spquant-n-pruned-4.7x"):
         config = read_checkpoint(BUNDLED_MODEL.with_name(f"{name}.pt"))["detector"]
         assert (config["sensor_width"], config["sensor_height"]) == (304, 240), name
 
