@@ -299,10 +299,10 @@ def measure_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tu
             parser.error(f"--model takes NAME=PATH, got {spec!r}")
         specs.append((name, Path(path)))
     earlier = read_rows(args.append) if args.append else []
-    names = {name for name, _ in specs} | {row["name"] for row in earlier}
-    if args.reference is not None and args.reference not in names:
-        parser.error(f"--reference {args.reference!r} names no row")
-    rows = [row for row in earlier if row["name"] not in {name for name, _ in specs}]
+    new_names = {name for name, _ in specs}
+    if args.reference is not None and args.reference not in new_names | {row["name"] for row in earlier}:
+        parser.error(f"--reference {args.reference!r} names no row")  # before minutes of measuring
+    rows = [row for row in earlier if row["name"] not in new_names]
     measured_at = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
     for name, path in specs:
         rows.append({**measure(name, path, args.data, args.split, args.windows), "measured_at": measured_at})
