@@ -448,38 +448,41 @@ class Trainer:
         for epoch in range(self.start_epoch, self.config["epochs"]):
             start = time.perf_counter()
             losses = self.train_epoch(epoch)
-            if not self.is_main:
+            if self.is_main:
+                row = self._end_epoch(epoch, losses, start)
+            else:
                 dist.barrier()  # wait while the main process validates and saves
-                if self.on_epoch is not None:
-                    self.on_epoch(epoch + 1)
-                continue
-            metrics = self.validate()
-            row = {
-                "epoch": epoch + 1,
-                **losses,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "AP": metrics["AP"],
-                "AP50": metrics["AP50"],
-                "AP75": metrics["AP75"],
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-            self.history.append(row)
-            fitness = float(metrics["AP"] or 0.0)
-            improved = fitness > self.best_fitness
-            self.best_fitness = max(self.best_fitness, fitness)
-            self._save(epoch, improved, metrics)
-            self._write_metrics()
-            if self.world_size > 1:
-                dist.barrier()
-            print(
-                f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
-                f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"
-                + (f"  kept {losses['kept']:.3f}" if losses["kept"] is not None else "")
-                + (f"  rate {losses['rate']:.4f}" if losses["rate"] is not None else "")
-                + ("  *best*" if improved else "")
-            )
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1)
+        return row
+
+    def _end_epoch(self, epoch: int, losses: dict[str, Any], start: float) -> dict[str, Any]:
+        """Validate, record, save and print one epoch (main process); returns its metrics row."""
+        metrics = self.validate()
+        row = {
+            "epoch": epoch + 1,
+            **losses,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "AP": metrics["AP"],
+            "AP50": metrics["AP50"],
+            "AP75": metrics["AP75"],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        self.history.append(row)
+        fitness = float(metrics["AP"] or 0.0)
+        improved = fitness > self.best_fitness
+        self.best_fitness = max(self.best_fitness, fitness)
+        self._save(epoch, improved, metrics)
+        self._write_metrics()
+        if self.world_size > 1:
+            dist.barrier()
+        print(
+            f"epoch {epoch + 1}/{self.config['epochs']}  loss {losses['loss']:.3f}  "
+            f"AP {metrics['AP']:.4f}  AP50 {metrics['AP50']:.4f}  ({row['seconds']} s)"
+            + (f"  kept {losses['kept']:.3f}" if losses["kept"] is not None else "")
+            + (f"  rate {losses['rate']:.4f}" if losses["rate"] is not None else "")
+            + ("  *best*" if improved else "")
+        )
         return row
 
     def _save(self, epoch: int, improved: bool, metrics: dict[str, Any]) -> None:
